@@ -10,7 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include "vidcore/launchers.h"
+#include "vidcore/unit_keys.h"
 
 namespace vidcore {
 namespace {

@@ -1,7 +1,7 @@
 // CPU twin of csrc/cuda/unit_keys.cu: the same mask_hash.h, parallel over videos and units.
 #include <ATen/Parallel.h>
 
-#include "vidcore/launchers.h"
+#include "vidcore/unit_keys.h"
 #include "vidcore/mask_hash.h"
 
 namespace vidcore {

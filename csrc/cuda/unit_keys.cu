@@ -1,7 +1,7 @@
 // Per-unit mask keys on the GPU: one thread per (video, unit), grid-strided in both dimensions.
 #include <algorithm>
 
-#include "vidcore/launchers.h"
+#include "vidcore/unit_keys.h"
 #include "vidcore/mask_hash.h"
 
 namespace vidcore {

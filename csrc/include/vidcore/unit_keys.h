@@ -1,5 +1,6 @@
-// Torch-free entry points of the kernels: raw pointers, sizes, a stream. This header is the only
-// contract between csrc/cuda/*.cu, csrc/cpu/*.cpp and the tensor bindings in csrc/*_op.cpp.
+// Torch-free entry points of the unit_keys kernels: raw pointers, sizes, a stream. One header per
+// op (csrc/include/vidcore/<op>.h) is the only contract between csrc/cuda/<op>.cu,
+// csrc/cpu/<op>.cpp and the tensor bindings in csrc/<op>_op.cpp.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,16 @@
+"""Plain-PyTorch reference of every vidcore op: the specification, the test oracle, the CPU
+fallback and the benchmark baseline. Written for clarity, not speed; shapes in docstrings.
+One module per op; this package re-exports every reference function.
+"""
+from vidcore.reference.merge_attention_states import (
+    merge_attention_states,
+    merge_attention_states_backward,
+)
+from vidcore.reference.unit_keys import lowbias32, unit_keys
+
+__all__ = [
+    "lowbias32",
+    "unit_keys",
+    "merge_attention_states",
+    "merge_attention_states_backward",
+]
