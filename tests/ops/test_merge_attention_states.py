@@ -141,6 +141,8 @@ def test_compile_merge_of_three_shards():
     (1, torch.randn(5, 2), ValueError, r"lse_a must have shape \(2, 5\)"),
     (3, torch.randn(2, 5).half(), TypeError, r"lse_b must have dtype in \(float32, float64\)"),
     (0, torch.randn(5, 2, 8).int(), TypeError, "out_a must have dtype in"),
+    (2, torch.randn(5, 2, 8, device="meta"), ValueError, "out_b must be on cpu like the other"),
+    (3, torch.randn(2, 5, device="meta"), ValueError, "lse_b must be on cpu like the other"),
 ])
 def test_bad_input(index, value, error, message):
     args = list(random_states((5, 2, 8)))
