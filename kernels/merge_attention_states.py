@@ -31,26 +31,38 @@ def _merge_weights(lse_a_ptr, lse_b_ptr, lse_offs, mask):
 
 
 @triton.jit
-def _merge_attention_states_fwd_kernel(
-    out_ptr, lse_ptr, out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr,
-    N, D,
-    stride_o_b, stride_o_n, stride_o_h,  # out, out_a and out_b share strides (checked by the launcher)
-    stride_l_b, stride_l_h,  # lse, lse_a and lse_b: [B, H, N] with unit stride along N
+def _load_tile(
+    out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, N, D,
+    stride_o_b, stride_o_n, stride_o_h, stride_l_b, stride_l_h,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
+    """This program's tile: offsets and masks of its [BLOCK_N, BLOCK_D] outputs and BLOCK_N lse
+    entries, both partial outputs in fp32, and the merge weights."""
     head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
-    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     row_mask = rows < N
     lse_offs = batch * stride_l_b + head * stride_l_h + rows
     weight_a, weight_b, lse = _merge_weights(lse_a_ptr, lse_b_ptr, lse_offs, row_mask)
-
     offs = batch * stride_o_b + head * stride_o_h + rows[:, None] * stride_o_n + cols[None, :]
     mask = row_mask[:, None] & (cols[None, :] < D)
     out_a = tl.load(out_a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out_b = tl.load(out_b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return offs, mask, lse_offs, row_mask, out_a, out_b, weight_a, weight_b, lse
+
+
+@triton.jit
+def _merge_attention_states_fwd_kernel(
+    out_ptr, lse_ptr, out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr,
+    N, D,
+    stride_o_b, stride_o_n, stride_o_h,  # out, out_a and out_b share strides (contiguous)
+    stride_l_b, stride_l_h,  # lse, lse_a and lse_b: [B, H, N] with unit stride along N
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    offs, mask, lse_offs, row_mask, out_a, out_b, weight_a, weight_b, lse = _load_tile(
+        out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, N, D,
+        stride_o_b, stride_o_n, stride_o_h, stride_l_b, stride_l_h, BLOCK_N, BLOCK_D)
     out = weight_a[:, None] * out_a + weight_b[:, None] * out_b
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(lse_ptr + lse_offs, lse, mask=row_mask)
@@ -65,19 +77,9 @@ def _merge_attention_states_bwd_kernel(
     stride_l_b, stride_l_h,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    head = tl.program_id(1).to(tl.int64)
-    batch = tl.program_id(2).to(tl.int64)
-    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    row_mask = rows < N
-    lse_offs = batch * stride_l_b + head * stride_l_h + rows
-    weight_a, weight_b, _ = _merge_weights(lse_a_ptr, lse_b_ptr, lse_offs, row_mask)
-
-    offs = batch * stride_o_b + head * stride_o_h + rows[:, None] * stride_o_n + cols[None, :]
-    mask = row_mask[:, None] & (cols[None, :] < D)
-    out_a = tl.load(out_a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    out_b = tl.load(out_b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs, mask, lse_offs, row_mask, out_a, out_b, weight_a, weight_b, _ = _load_tile(
+        out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, N, D,
+        stride_o_b, stride_o_n, stride_o_h, stride_l_b, stride_l_h, BLOCK_N, BLOCK_D)
     grad_out = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad_lse = tl.load(grad_lse_ptr + lse_offs, mask=row_mask, other=0.0).to(tl.float32)
     out = weight_a[:, None] * out_a + weight_b[:, None] * out_b
