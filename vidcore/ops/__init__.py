@@ -2,9 +2,22 @@
 `torch.ops.vidcore.*` op; `FAST_KERNELS` records which device has which fast kernel."""
 from vidcore._backends import EXTENSION  # noqa: F401  loading _C registers its C++/CUDA kernels
 from vidcore.ops.merge_attention_states import merge_attention_states
+from vidcore.ops.token_mask import PositionIds, TokenMask, draw_ratios, make_mask
+from vidcore.ops.token_pack import mask_and_pack, pack, unpack
 from vidcore.ops.unit_keys import unit_keys
 
-__all__ = ["merge_attention_states", "unit_keys", "FAST_KERNELS"]
+__all__ = [
+    "merge_attention_states",
+    "unit_keys",
+    "TokenMask",
+    "PositionIds",
+    "make_mask",
+    "draw_ratios",
+    "pack",
+    "unpack",
+    "mask_and_pack",
+    "FAST_KERNELS",
+]
 
 # op name -> {device type: (implementation, what provides it)}; every other device runs the
 # reference. The backward ops listed here are registered by their forward's module.
@@ -12,4 +25,7 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "unit_keys": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "merge_attention_states": {"cuda": ("Triton", "triton")},
     "merge_attention_states_backward": {"cuda": ("Triton", "triton")},
+    "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
 }

@@ -6,6 +6,15 @@ from vidcore.reference.merge_attention_states import (
     merge_attention_states,
     merge_attention_states_backward,
 )
+from vidcore.reference.token_mask import (
+    PATTERNS,
+    make_mask,
+    num_units,
+    pack,
+    unit_of_token,
+    unpack,
+    unpack_fill_grad,
+)
 from vidcore.reference.unit_keys import lowbias32, unit_keys
 
 __all__ = [
@@ -13,4 +22,11 @@ __all__ = [
     "unit_keys",
     "merge_attention_states",
     "merge_attention_states_backward",
+    "PATTERNS",
+    "num_units",
+    "unit_of_token",
+    "make_mask",
+    "pack",
+    "unpack",
+    "unpack_fill_grad",
 ]
