@@ -42,7 +42,8 @@ debug = os.environ.get("DEBUG") == "1"
 opt = ["-O0", "-g"] if debug else ["-O3"]
 sources = sorted(glob("csrc/*.cpp") + glob("csrc/cpu/*.cpp"))
 macros = [("Py_LIMITED_API", "0x030A0000")]
-extra = {"cxx": opt}  # the C++ standard is the one torch asks for
+# at::parallel_for is OpenMP in torch's builds: without -fopenmp the CPU twins run serially.
+extra = {"cxx": [*opt, "-fopenmp"]}  # the C++ standard is the one torch asks for
 if with_cuda:
     sources += sorted(glob("csrc/cuda/*.cu"))
     macros.append(("VIDCORE_WITH_CUDA", None))
@@ -59,7 +60,8 @@ Path("vidcore/_build_info.py").write_text(
 
 setup(
     ext_modules=[Extension("vidcore._C", sources, include_dirs=[str(Path("csrc/include").resolve())],
-                           define_macros=macros, extra_compile_args=extra, py_limited_api=True)],
+                           define_macros=macros, extra_compile_args=extra,
+                           extra_link_args=["-fopenmp"], py_limited_api=True)],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,7 +32,7 @@ class BenchCase:
     flops: int = 0  # floating-point operations of one call (attention)
     baseline: str = "reference"
     dtype: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
+    kernel_ops: tuple[str, ...] = ()  # the vidcore ops the "vidcore" provider runs (default: op)
 
 
 def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:

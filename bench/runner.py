@@ -42,12 +42,13 @@ def _time_case(case: BenchCase, device: str, kernels: dict[str, str],
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
+    kernel = " + ".join(kernels[op] for op in case.kernel_ops or (case.op,))
     rows = []
     for name, sec in seconds.items():
         gbps = case.bytes / sec / 1e9 if case.bytes else None
         rows.append({
             "op": case.op, "case": case.name, "shape": case.shape, "dtype": case.dtype,
-            "provider": name, "kernel": kernels.get(case.op, "?") if name == "vidcore" else name,
+            "provider": name, "kernel": kernel if name == "vidcore" else name,
             "median_us": sec * 1e6, "bytes": case.bytes, "gbps": gbps,
             "tflops": case.flops / sec / 1e12 if case.flops else None,
             "fraction_of_copy": gbps / copy_gbps if gbps and copy_gbps else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -173,8 +174,7 @@ def make_mask(
         out_offset += kept[-1]
         token_offset += t * height * width
     video_meta = _to_device(torch.tensor(meta, dtype=torch.int64).reshape(-1, 4), device)
-    cu_seqlens = _to_device(torch.tensor([0, *torch.tensor(kept).cumsum(0).tolist()],
-                                         dtype=torch.int32), device)
+    cu_seqlens = _to_device(torch.tensor([0, *accumulate(kept)], dtype=torch.int32), device)
     fn = reference.make_mask if backend == "torch" else _make_mask
     keep_idx = fn(video_meta, height, width, pattern, list(block), seed & 0xFFFFFFFF, out_offset)
     return TokenMask(keep_idx, cu_seqlens, max(kept, default=0), tuple(frames), (height, width),
