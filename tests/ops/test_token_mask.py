@@ -18,6 +18,7 @@ BATCHES = [
     pytest.param([4, 2, 6], (4, 6), id="ragged"),
     pytest.param([2, 0, 4], (2, 2), id="empty-video"),
     pytest.param([2], (1, 1), id="N1"),
+    pytest.param([1, 1], (2, 4), id="T1"),
     pytest.param([0, 0], (2, 2), id="all-empty"),
 ]
 
