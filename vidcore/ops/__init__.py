@@ -1,12 +1,18 @@
 """Public vidcore ops. Each function validates its arguments once and calls one
 `torch.ops.vidcore.*` op; `FAST_KERNELS` records which device has which fast kernel."""
 from vidcore._backends import EXTENSION  # noqa: F401  loading _C registers its C++/CUDA kernels
+from vidcore.ops.attention import attention
+from vidcore.ops.frame_ranges import interleave_ranges, stage_ranges, window_ranges
 from vidcore.ops.merge_attention_states import merge_attention_states
 from vidcore.ops.token_mask import PositionIds, TokenMask, draw_ratios, make_mask
 from vidcore.ops.token_pack import mask_and_pack, pack, unpack
 from vidcore.ops.unit_keys import unit_keys
 
 __all__ = [
+    "attention",
+    "stage_ranges",
+    "window_ranges",
+    "interleave_ranges",
     "merge_attention_states",
     "unit_keys",
     "TokenMask",
@@ -23,6 +29,8 @@ __all__ = [
 # reference. The backward ops listed here are registered by their forward's module.
 FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "unit_keys": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "attention": {"cuda": ("Triton", "triton")},
+    "attention_backward": {"cuda": ("Triton", "triton")},
     "merge_attention_states": {"cuda": ("Triton", "triton")},
     "merge_attention_states_backward": {"cuda": ("Triton", "triton")},
     "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},

@@ -2,6 +2,7 @@
 fallback and the benchmark baseline. Written for clarity, not speed; shapes in docstrings.
 One module per op; this package re-exports every reference function.
 """
+from vidcore.reference.attention import attention, attention_backward, visible_keys
 from vidcore.reference.merge_attention_states import (
     merge_attention_states,
     merge_attention_states_backward,
@@ -18,6 +19,9 @@ from vidcore.reference.token_mask import (
 from vidcore.reference.unit_keys import lowbias32, unit_keys
 
 __all__ = [
+    "attention",
+    "attention_backward",
+    "visible_keys",
     "lowbias32",
     "unit_keys",
     "merge_attention_states",

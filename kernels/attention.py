@@ -1,0 +1,174 @@
+"""Varlen attention forward with GQA, bottom-right causal masking and per-query frame ranges.
+
+One program per (BLOCK_M query rows, sequence, query head). Online softmax in the exp2 domain
+over key blocks; the key loop runs only over [lo, hi): the union of what the block's queries can
+see (causal bound and frame ranges), so the cost falls with temporal sparsity.
+out = softmax(scale * q k^T + mask) v,  lse = logsumexp(scale * q k^T + mask) (natural log).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["attention_fwd", "launch_config", "INTERPRET"]
+
+LOG2E = 1.4426950408889634
+# bf16 is computed wrongly by the Triton interpreter: upcast right after loads when interpreting.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _seq_bounds(cu_q_ptr, cu_k_ptr, seq):
+    q_start = tl.load(cu_q_ptr + seq).to(tl.int64)
+    q_len = tl.load(cu_q_ptr + seq + 1).to(tl.int64) - q_start
+    k_start = tl.load(cu_k_ptr + seq).to(tl.int64)
+    k_len = tl.load(cu_k_ptr + seq + 1).to(tl.int64) - k_start
+    return q_start, q_len, k_start, k_len
+
+
+@triton.jit
+def _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE: tl.constexpr):
+    """Per-row [start, end) frame range (int64), or an unbounded range without ranges."""
+    if HAS_RANGE:
+        start = tl.load(range_ptr + (q_start + rows) * 2, mask=row_mask, other=0).to(tl.int64)
+        end = tl.load(range_ptr + (q_start + rows) * 2 + 1, mask=row_mask, other=0).to(tl.int64)
+    else:
+        start = tl.zeros(rows.shape, tl.int64)
+        end = tl.full(rows.shape, 1 << 62, tl.int64)
+    return start, end
+
+
+@triton.jit
+def _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+             CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] mask: key col visible to query row (see vidcore.reference.attention)."""
+    visible = (rows[:, None] < q_len) & (cols[None, :] < k_len)
+    if CAUSAL:
+        visible &= cols[None, :] <= rows[:, None] + (k_len - q_len)
+    if HAS_RANGE:
+        frame = cols // tokens_per_frame
+        visible &= (start[:, None] <= frame[None, :]) & (frame[None, :] < end[:, None])
+    return visible
+
+
+@triton.jit
+def _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
+              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi) key positions that any query of the block can see; lo aligned to BLOCK_N."""
+    lo = 0
+    hi = k_len
+    if CAUSAL:
+        hi = tl.minimum(hi, tl.max(tl.where(row_mask, rows, 0)) + 1 + k_len - q_len)
+    if HAS_RANGE:
+        nonempty = row_mask & (start < end)
+        # Frame indices below k_len keep the products under 2^62 (ranges are int32).
+        first = tl.min(tl.where(nonempty, tl.minimum(start, k_len), k_len)) * tokens_per_frame
+        last = tl.max(tl.where(nonempty, tl.minimum(end, k_len), 0)) * tokens_per_frame
+        lo = tl.maximum(lo, tl.minimum(first, k_len))
+        hi = tl.minimum(hi, last)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    return lo, hi
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
+    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
+    stride_o_n, stride_o_h, stride_l_h,
+    qk_scale, tokens_per_frame, group, head_dim,
+    CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)
+    kv_head = head // group
+    q_start, q_len, k_start, k_len = _seq_bounds(cu_q_ptr, cu_k_ptr, seq)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    if first_row >= q_len:
+        return
+    rows = first_row + tl.arange(0, BLOCK_M)
+    row_mask = rows < q_len
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    q = tl.load(q_ptr + (q_start + rows)[:, None] * stride_q_n + head * stride_q_h + dims[None, :],
+                mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
+    lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
+                       CAUSAL, HAS_RANGE, BLOCK_N)
+
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for key0 in range(lo, hi, BLOCK_N):
+        cols = key0 + tl.arange(0, BLOCK_N)
+        kv_mask = (cols < k_len)[:, None] & dim_mask[None, :]
+        k = tl.load(k_ptr + (k_start + cols)[:, None] * stride_k_n + kv_head * stride_k_h
+                    + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + (k_start + cols)[:, None] * stride_v_n + kv_head * stride_v_h
+                    + dims[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        scores = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
+        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                           CAUSAL, HAS_RANGE)
+        scores = tl.where(visible, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet
+        probs = tl.exp2(scores - safe_max[:, None])
+        rescale = tl.exp2(row_max - safe_max)
+        row_sum = row_sum * rescale + tl.sum(probs, 1)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
+        row_max = new_max
+
+    has_keys = row_sum > 0
+    out = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
+    lse_log2 = row_max + tl.log2(tl.where(has_keys, row_sum, 1.0))
+    lse = tl.where(has_keys, lse_log2 * 0.6931471805599453, float("-inf"))  # log2 -> ln
+    tl.store(out_ptr + (q_start + rows)[:, None] * stride_o_n + head * stride_o_h + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
+    tl.store(lse_ptr + head * stride_l_h + q_start + rows, lse, mask=row_mask)
+
+
+def launch_config(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for Hopper/Ampere; one small config when
+    interpreting. A fixed table rather than autotune: varlen launches vary in shape every call."""
+    if INTERPRET:
+        return 16, 16, 4, 1
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    if head_dim <= 128:
+        return 128, 64, 8, 3
+    return 64, 32, 8, 2
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                  max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+                  tokens_per_frame: int, q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Launcher: out [total_q, Hq, d] (dtype of q), lse [Hq, total_q] float32. Inputs are
+    validated by vidcore.ops.attention; the last dim of q, k, v must be contiguous."""
+    total_q, heads, head_dim = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(heads, total_q, dtype=torch.float32, device=q.device)
+    block_m, block_n, num_warps, num_stages = launch_config(head_dim)
+    batch = cu_seqlens_q.shape[0] - 1
+    if total_q == 0 or batch == 0:
+        return out, lse.fill_(float("-inf"))
+    grid = (triton.cdiv(max(max_seqlen_q, 1), block_m), batch, heads)
+    has_range = q_frame_range is not None
+    _attention_fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, q_frame_range if has_range else q,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        scale * LOG2E, max(tokens_per_frame, 1), heads // k.shape[1], head_dim,
+        CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out, lse

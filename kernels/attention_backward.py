@@ -1,0 +1,182 @@
+"""Varlen attention backward (FlashAttention-2 scheme) with GQA, causal and frame ranges.
+
+With P = softmax(S), S = scale * q k^T (masked), delta_i = sum_d dO_i * O_i:
+  dV = P^T dO,  dS = P * (dO V^T - delta),  dK = scale * dS^T Q,  dQ = scale * dS K.
+Two kernels, no atomics: one program per (BLOCK_N keys, sequence, key/value head) accumulates
+dK and dV over every query head of its group (the GQA reduction) and every query block that can
+see its keys; one program per (BLOCK_M queries, sequence, query head) accumulates dQ over the
+key span the forward visited.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from vidcore.kernels.attention import (
+    INTERPRET,
+    LOG2E,
+    _frame_ranges,
+    _key_span,
+    _seq_bounds,
+    _visible,
+    launch_config,
+)
+
+__all__ = ["attention_bwd"]
+
+
+@triton.jit
+def _load_rows(ptr, first, rows, row_mask, head, stride_n, stride_h, dims, dim_mask,
+               UPCAST: tl.constexpr):
+    tile = tl.load(ptr + (first + rows)[:, None] * stride_n + head * stride_h + dims[None, :],
+                   mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    return tile.to(tl.float32) if UPCAST else tile
+
+
+@triton.jit
+def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
+    """lse in the log2 domain (+inf for rows that saw no key, so their P is 0) and delta."""
+    lse = tl.load(lse_ptr + head * stride_l_h + q_start + rows, mask=row_mask, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(delta_ptr + head * stride_l_h + q_start + rows, mask=row_mask, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
+    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
+    qk_scale, scale, tokens_per_frame, group, head_dim,
+    CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(1)
+    kv_head = tl.program_id(2).to(tl.int64)
+    q_start, q_len, k_start, k_len = _seq_bounds(cu_q_ptr, cu_k_ptr, seq)
+    first_col = tl.program_id(0).to(tl.int64) * BLOCK_N
+    if first_col >= k_len:
+        return
+    cols = first_col + tl.arange(0, BLOCK_N)
+    col_mask = cols < k_len
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims, dim_mask,
+                   UPCAST)
+    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims, dim_mask,
+                   UPCAST)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    row_lo = 0
+    if CAUSAL:  # query i sees key j only if i >= j - (k_len - q_len)
+        row_lo = tl.maximum(first_col - (k_len - q_len), 0) // BLOCK_M * BLOCK_M
+    first_frame = first_col // tokens_per_frame
+    last_frame = (tl.minimum(first_col + BLOCK_N, k_len) - 1) // tokens_per_frame
+    for member in range(group):
+        head = kv_head * group + member
+        for row0 in range(row_lo, q_len, BLOCK_M):
+            rows = row0 + tl.arange(0, BLOCK_M)
+            row_mask = rows < q_len
+            start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
+            overlaps = True
+            if HAS_RANGE:  # skip query blocks whose frame ranges miss these keys
+                nonempty = row_mask & (start < end)
+                overlaps = (tl.max(tl.where(nonempty, end, 0)) > first_frame) & (
+                    tl.min(tl.where(nonempty, start, last_frame + 1)) <= last_frame)
+            if overlaps:
+                q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims,
+                               dim_mask, UPCAST)
+                do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h,
+                                dims, dim_mask, UPCAST)
+                lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows,
+                                         row_mask)
+                visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                                   CAUSAL, HAS_RANGE)
+                probs = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+                probs = tl.where(visible, probs, 0.0)
+                dv += tl.dot(tl.trans(probs).to(do.dtype), do)
+                dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
+                dk += tl.dot(tl.trans(dscores).to(q.dtype), q)
+    offs = (k_start + cols)[:, None] * stride_k_n + kv_head * stride_k_h + dims[None, :]
+    mask = col_mask[:, None] & dim_mask[None, :]
+    tl.store(dk_ptr + offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=mask)
+    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
+    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
+    qk_scale, scale, tokens_per_frame, group, head_dim,
+    CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)
+    kv_head = head // group
+    q_start, q_len, k_start, k_len = _seq_bounds(cu_q_ptr, cu_k_ptr, seq)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    if first_row >= q_len:
+        return
+    rows = first_row + tl.arange(0, BLOCK_M)
+    row_mask = rows < q_len
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
+                   UPCAST)
+    do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
+                    UPCAST)
+    lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
+    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
+    lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
+                       CAUSAL, HAS_RANGE, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for key0 in range(lo, hi, BLOCK_N):
+        cols = key0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < k_len
+        k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                       dim_mask, UPCAST)
+        v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                       dim_mask, UPCAST)
+        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                           CAUSAL, HAS_RANGE)
+        probs = tl.where(visible, tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None]), 0.0)
+        dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq += tl.dot(dscores.to(k.dtype), k)
+    tl.store(dq_ptr + (q_start + rows)[:, None] * stride_q_n + head * stride_q_h + dims[None, :],
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
+
+
+def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                  cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+                  max_seqlen_k: int, causal: bool, scale: float, tokens_per_frame: int,
+                  q_frame_range: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Launcher: (dq, dk, dv) like (q, k, v). q, k, v, out, grad_out are made contiguous so that
+    q/out/grad_out and k/v share strides."""
+    q, k, v, out = (t.contiguous() for t in (q, k, v, out))
+    grad_out = grad_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch == 0 or (q.numel() == 0 and k.numel() == 0):
+        return dq, dk.zero_(), dv.zero_()
+    # delta_i = <dO_i, O_i>, the softmax-Jacobian term shared by both kernels: [Hq, total_q]
+    delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()
+    lse = lse.float().contiguous()
+    block_m, block_n, num_warps, num_stages = launch_config(q.shape[2])
+    has_range = q_frame_range is not None
+    common = dict(
+        CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(q.shape[2])),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    args = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), scale * LOG2E,
+            scale, max(tokens_per_frame, 1), q.shape[1] // k.shape[1], q.shape[2])
+    ranges = q_frame_range if has_range else cu_seqlens_q
+    grid_kv = (triton.cdiv(max(max_seqlen_k, 1), block_n), batch, k.shape[1])
+    _attention_bwd_dkdv_kernel[grid_kv](q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens_q,
+                                        cu_seqlens_k, ranges, *args, **common)
+    grid_q = (triton.cdiv(max(max_seqlen_q, 1), block_m), batch, q.shape[1])
+    _attention_bwd_dq_kernel[grid_q](q, k, v, grad_out, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
+                                     ranges, *args, **common)
+    return dq, dk, dv

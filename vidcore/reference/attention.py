@@ -1,0 +1,120 @@
+"""Reference of varlen / cross-modal attention with temporal frame ranges (DESIGN.md op 3).
+
+Sequences are packed along dim 0 with FlashAttention offsets: query rows of sequence b are
+cu_seqlens_q[b]:cu_seqlens_q[b+1], its keys cu_seqlens_k[b]:cu_seqlens_k[b+1]. Query i of a
+sequence (Lq queries, Lk keys) sees key j iff
+  - causal is off, or j <= i + Lk - Lq (bottom-right aligned, the flash-attn convention), and
+  - q_frame_range is None, or start_i <= j // tokens_per_frame < end_i.
+A query that sees no key gets out = 0 and lse = -inf.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["attention", "attention_backward", "visible_keys"]
+
+_QUERY_CHUNK = 1024  # rows per score block: memory stays O(chunk * Lk), never O(total^2)
+
+
+def visible_keys(num_q: int, num_k: int, q_offset: int, rows: Tensor, causal: bool,
+                 tokens_per_frame: int, q_frame_range: Tensor | None) -> Tensor:
+    """[len(rows), num_k] bool: which keys the queries `rows` (indices within their sequence,
+    whose first packed row is q_offset) may attend to."""
+    keys = torch.arange(num_k, device=rows.device)
+    visible = torch.ones(len(rows), num_k, dtype=torch.bool, device=rows.device)
+    if causal:
+        visible &= keys[None, :] <= rows[:, None] + (num_k - num_q)
+    if q_frame_range is not None:
+        start, end = q_frame_range[q_offset + rows].long().unbind(-1)
+        frame = keys // tokens_per_frame
+        visible &= (start[:, None] <= frame[None, :]) & (frame[None, :] < end[:, None])
+    return visible
+
+
+def _sequences(cu_seqlens_q: Tensor, cu_seqlens_k: Tensor):
+    """(q0, q1, k0, k1) row bounds of every sequence, read on the host."""
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    return zip(cu_q, cu_q[1:], cu_k, cu_k[1:])
+
+
+def _chunk_probs(q: Tensor, keys: Tensor, q0: int, q1: int, c0: int, c1: int, num_k: int,
+                 causal: bool, scale: float, tokens_per_frame: int,
+                 q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Softmax probabilities [Hq, c1 - c0, Lk] of query rows c0:c1 (0 where masked) and their
+    lse [Hq, c1 - c0] (-inf for rows that see no key)."""
+    rows = torch.arange(c0 - q0, c1 - q0, device=q.device)
+    visible = visible_keys(q1 - q0, num_k, q0, rows, causal, tokens_per_frame, q_frame_range)
+    scores = torch.einsum("qhd,khd->hqk", q[c0:c1].to(keys.dtype), keys) * scale
+    row_lse = torch.logsumexp(scores.masked_fill(~visible, -math.inf), dim=-1)
+    probs = torch.exp(scores - row_lse[..., None]).masked_fill(~visible, 0.0)
+    return probs, row_lse
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+              max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+              tokens_per_frame: int, q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Softmax attention per packed sequence, computed in fp32 (fp64 for fp64 inputs).
+
+    Args:
+        q: [total_q, Hq, d]; k, v: [total_k, Hk, d] with Hq % Hk == 0 (query head h reads
+            key/value head h // (Hq // Hk)).
+        cu_seqlens_q, cu_seqlens_k: [B + 1] int32 offsets (read on the host here).
+        max_seqlen_q, max_seqlen_k: unused by the reference (kernel launch sizes).
+        scale: multiplies q.k. tokens_per_frame, q_frame_range: see the module docstring
+            (q_frame_range [total_q, 2] int32, or None).
+    Returns:
+        out [total_q, Hq, d] (dtype of q) and lse [Hq, total_q] float32 (natural log).
+    """
+    compute = torch.promote_types(q.dtype, torch.float32)
+    group = q.shape[1] // k.shape[1]
+    out = torch.zeros(q.shape, dtype=compute, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=compute, device=q.device)
+    for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
+        keys = k[k0:k1].to(compute).repeat_interleave(group, dim=1)  # [Lk, Hq, d]
+        values = v[k0:k1].to(compute).repeat_interleave(group, dim=1)
+        for c0 in range(q0, q1, _QUERY_CHUNK):
+            c1 = min(c0 + _QUERY_CHUNK, q1)
+            probs, lse[:, c0:c1] = _chunk_probs(q, keys, q0, q1, c0, c1, k1 - k0, causal, scale,
+                                                tokens_per_frame, q_frame_range)
+            out[c0:c1] = torch.einsum("hqk,khd->qhd", probs, values)
+    return out.to(q.dtype), lse
+
+
+def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                       lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                       max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+                       tokens_per_frame: int, q_frame_range: Tensor | None
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of `attention`'s out (lse is not differentiated, as in flash-attn).
+
+    With P the probabilities and delta_i = sum_d dO_i O_i: dV = P^T dO, dS = P (dO V^T - delta),
+    dQ = scale dS K, dK = scale dS^T Q; key/value gradients are summed over each GQA group.
+    `lse` is unused: the reference recomputes P.
+    """
+    compute = torch.promote_types(q.dtype, torch.float32)
+    group = q.shape[1] // k.shape[1]
+    dq = torch.zeros(q.shape, dtype=compute, device=q.device)
+    dk = torch.zeros((k.shape[0], q.shape[1], k.shape[2]), dtype=compute, device=q.device)
+    dv = torch.zeros_like(dk)
+    g_out, o = grad_out.to(compute), out.to(compute)
+    for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
+        keys = k[k0:k1].to(compute).repeat_interleave(group, dim=1)  # [Lk, Hq, d]
+        values = v[k0:k1].to(compute).repeat_interleave(group, dim=1)
+        for c0 in range(q0, q1, _QUERY_CHUNK):
+            c1 = min(c0 + _QUERY_CHUNK, q1)
+            probs, _ = _chunk_probs(q, keys, q0, q1, c0, c1, k1 - k0, causal, scale,
+                                    tokens_per_frame, q_frame_range)
+            delta = (g_out[c0:c1] * o[c0:c1]).sum(-1).t()  # [Hq, rows]
+            dprobs = torch.einsum("qhd,khd->hqk", g_out[c0:c1], values)
+            dscores = probs * (dprobs - delta[..., None])
+            dv[k0:k1] += torch.einsum("hqk,qhd->khd", probs, g_out[c0:c1])
+            dk[k0:k1] += scale * torch.einsum("hqk,qhd->khd", dscores, q[c0:c1].to(compute))
+            dq[c0:c1] = scale * torch.einsum("hqk,khd->qhd", dscores, keys)
+
+    def per_kv_head(grad: Tensor) -> Tensor:  # sum each GQA group of query heads
+        return grad.unflatten(1, (k.shape[1], group)).sum(2).to(k.dtype)
+
+    return dq.to(q.dtype), per_kv_head(dk), per_kv_head(dv)
