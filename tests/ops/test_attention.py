@@ -187,3 +187,28 @@ def test_cuda_forward_backward_match_reference(dtype, dim):
     assert_no_worse_than_torch(out, same_dtype, ref)
     for t, r in zip(inputs, ref_inputs):
         assert (t.grad.float() - r.grad).abs().max() < 5e-2
+
+
+def test_frame_range_builders():
+    from vidcore.ops import interleave_ranges, stage_ranges, window_ranges
+
+    assert stage_ranges([2, 1, 1], 7).tolist() == [[0, 2], [0, 2], [2, 4], [4, 7]]
+    assert window_ranges([0, 3, 6], 1, 7).tolist() == [[0, 2], [2, 5], [5, 7]]
+    assert interleave_ranges([2, 0, 1]).tolist() == [[0, 1], [0, 1], [2, 3]]
+    assert stage_ranges([], 4).shape == (0, 2) and stage_ranges([1], 4).dtype == torch.int32
+    with pytest.raises(ValueError, match="window_ranges: window must be >= 0, got -1"):
+        window_ranges([0], -1, 3)
+
+
+def test_stage_ranges_drive_attention():
+    # Task-Adapter++: segment i of 2 text segments sees temporal stage i of 4 frames x 3 tokens.
+    from vidcore.ops import stage_ranges
+
+    q, k, v = torch.randn(5, 2, 16), torch.randn(12, 2, 16), torch.randn(12, 2, 16)
+    ranges = stage_ranges([2, 3], 4)
+    out = attention(q, k, v, cu_seqlens_q=torch.tensor([0, 5], dtype=torch.int32),
+                    cu_seqlens_k=torch.tensor([0, 12], dtype=torch.int32), tokens_per_frame=3,
+                    q_frame_range=ranges)
+    first = attention(q[None, :2], k[None, :6], v[None, :6])[0]
+    second = attention(q[None, 2:], k[None, 6:], v[None, 6:])[0]
+    assert_close(out, torch.cat([first, second]))
