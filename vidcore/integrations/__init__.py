@@ -1,0 +1,1 @@
+"""Integrations of vidcore ops into other libraries (import each submodule explicitly)."""
