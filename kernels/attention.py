@@ -31,6 +31,23 @@ def _seq_bounds(cu_q_ptr, cu_k_ptr, seq):
 
 
 @triton.jit
+def _tile(first, length, head_dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Indices and masks of a [BLOCK, BLOCK_D] tile starting at row `first` of a sequence."""
+    rows = first + tl.arange(0, BLOCK)
+    dims = tl.arange(0, BLOCK_D)
+    return rows, rows < length, dims, dims < head_dim
+
+
+@triton.jit
+def _load_rows(ptr, seq_start, rows, row_mask, head, stride_n, stride_h, dims, dim_mask,
+               UPCAST: tl.constexpr):
+    """[rows, head, :] of a packed [total, H, d] tensor (0 outside the masks)."""
+    tile = tl.load(ptr + (seq_start + rows)[:, None] * stride_n + head * stride_h + dims[None, :],
+                   mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    return tile.to(tl.float32) if UPCAST else tile
+
+
+@triton.jit
 def _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE: tl.constexpr):
     """Per-row [start, end) frame range (int64), or an unbounded range without ranges."""
     if HAS_RANGE:
@@ -90,14 +107,9 @@ def _attention_fwd_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows = first_row + tl.arange(0, BLOCK_M)
-    row_mask = rows < q_len
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < head_dim
-    q = tl.load(q_ptr + (q_start + rows)[:, None] * stride_q_n + head * stride_q_h + dims[None, :],
-                mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
+    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
+                   UPCAST)
     start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
     lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
                        CAUSAL, HAS_RANGE, BLOCK_N)
@@ -107,14 +119,11 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for key0 in range(lo, hi, BLOCK_N):
         cols = key0 + tl.arange(0, BLOCK_N)
-        kv_mask = (cols < k_len)[:, None] & dim_mask[None, :]
-        k = tl.load(k_ptr + (k_start + cols)[:, None] * stride_k_n + kv_head * stride_k_h
-                    + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + (k_start + cols)[:, None] * stride_v_n + kv_head * stride_v_h
-                    + dims[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        col_mask = cols < k_len
+        k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                       dim_mask, UPCAST)
+        v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
+                       dim_mask, UPCAST)
         scores = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
         visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
                            CAUSAL, HAS_RANGE)

@@ -19,20 +19,14 @@ from vidcore.kernels.attention import (
     LOG2E,
     _frame_ranges,
     _key_span,
+    _load_rows,
     _seq_bounds,
+    _tile,
     _visible,
     launch_config,
 )
 
 __all__ = ["attention_bwd"]
-
-
-@triton.jit
-def _load_rows(ptr, first, rows, row_mask, head, stride_n, stride_h, dims, dim_mask,
-               UPCAST: tl.constexpr):
-    tile = tl.load(ptr + (first + rows)[:, None] * stride_n + head * stride_h + dims[None, :],
-                   mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-    return tile.to(tl.float32) if UPCAST else tile
 
 
 @triton.jit
@@ -58,10 +52,7 @@ def _attention_bwd_dkdv_kernel(
     first_col = tl.program_id(0).to(tl.int64) * BLOCK_N
     if first_col >= k_len:
         return
-    cols = first_col + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < head_dim
+    cols, col_mask, dims, dim_mask = _tile(first_col, k_len, head_dim, BLOCK_N, BLOCK_D)
     k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims, dim_mask,
                    UPCAST)
     v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims, dim_mask,
@@ -119,10 +110,7 @@ def _attention_bwd_dq_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows = first_row + tl.arange(0, BLOCK_M)
-    row_mask = rows < q_len
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < head_dim
+    rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
                    UPCAST)
     do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
