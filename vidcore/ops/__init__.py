@@ -4,6 +4,15 @@ from vidcore._backends import EXTENSION  # noqa: F401  loading _C registers its 
 from vidcore.ops.attention import attention
 from vidcore.ops.frame_ranges import interleave_ranges, stage_ranges, window_ranges
 from vidcore.ops.merge_attention_states import merge_attention_states
+from vidcore.ops.pool import PooledTokens, merge_tokens, pool
+from vidcore.ops.pool_presets import (
+    llava_next_video,
+    minigpt4_video,
+    slowfast,
+    st_llm_global_local,
+    video_chatgpt,
+)
+from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View
 from vidcore.ops.token_mask import PositionIds, TokenMask, draw_ratios, make_mask
 from vidcore.ops.token_pack import mask_and_pack, pack, unpack
 from vidcore.ops.unit_keys import unit_keys
@@ -14,6 +23,18 @@ __all__ = [
     "window_ranges",
     "interleave_ranges",
     "merge_attention_states",
+    "pool",
+    "PooledTokens",
+    "View",
+    "Uniform",
+    "SegmentCentres",
+    "Adaptive",
+    "merge_tokens",
+    "st_llm_global_local",
+    "slowfast",
+    "video_chatgpt",
+    "llava_next_video",
+    "minigpt4_video",
     "unit_keys",
     "TokenMask",
     "PositionIds",
@@ -36,4 +57,5 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "pool": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
 }

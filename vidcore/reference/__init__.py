@@ -7,6 +7,7 @@ from vidcore.reference.merge_attention_states import (
     merge_attention_states,
     merge_attention_states_backward,
 )
+from vidcore.reference.pool import pool, pool_backward, pool_view
 from vidcore.reference.token_mask import (
     PATTERNS,
     make_mask,
@@ -26,6 +27,9 @@ __all__ = [
     "unit_keys",
     "merge_attention_states",
     "merge_attention_states_backward",
+    "pool",
+    "pool_backward",
+    "pool_view",
     "PATTERNS",
     "num_units",
     "unit_of_token",

@@ -1,0 +1,68 @@
+// CPU twin of csrc/cuda/pool.cu: the same plan rows and window math (vidcore/pool.h), parallel
+// over output tokens, channels innermost so every input row is read contiguously.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "vidcore/pool.h"
+
+namespace vidcore {
+namespace {
+
+template <typename T, typename Acc>
+void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
+                 int64_t height, int64_t width, int64_t channels, T* out) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(channels, 1));
+  at::parallel_for(0, num_tokens, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> acc(channels);
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t* row = plan + j * kPoolPlanColumns;
+      const bool is_max = row[kPoolMode] == kPoolMax;
+      const int64_t cells = pool_window_size(row);
+      std::fill(acc.begin(), acc.end(),
+                is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
+      for (int64_t k = 0; k < cells; ++k) {
+        const T* cell = x + pool_window_row(row, frame_table, height, width, k) * channels;
+        for (int64_t d = 0; d < channels; ++d) {
+          const Acc value = static_cast<Acc>(cell[d]);
+          acc[d] = is_max ? pool_max(acc[d], value) : acc[d] + value;
+        }
+      }
+      T* dst = out + j * channels;
+      for (int64_t d = 0; d < channels; ++d) {
+        dst[d] = static_cast<T>(is_max ? acc[d] : acc[d] / static_cast<Acc>(cells));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void pool_cpu(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
+              const int64_t* frame_table, int64_t height, int64_t width, int64_t channels,
+              void* out) {
+  switch (scalar_type) {
+    case kPoolDouble:
+      return pool_tokens<double, double>(static_cast<const double*>(x), plan, num_tokens,
+                                         frame_table, height, width, channels,
+                                         static_cast<double*>(out));
+    case kPoolHalf:
+      return pool_tokens<c10::Half, float>(static_cast<const c10::Half*>(x), plan, num_tokens,
+                                           frame_table, height, width, channels,
+                                           static_cast<c10::Half*>(out));
+    case kPoolBFloat16:
+      return pool_tokens<c10::BFloat16, float>(static_cast<const c10::BFloat16*>(x), plan,
+                                               num_tokens, frame_table, height, width, channels,
+                                               static_cast<c10::BFloat16*>(out));
+    default:
+      return pool_tokens<float, float>(static_cast<const float*>(x), plan, num_tokens,
+                                       frame_table, height, width, channels,
+                                       static_cast<float*>(out));
+  }
+}
+
+}  // namespace vidcore

@@ -1,0 +1,88 @@
+// Global-local pooling on the GPU: one launch for every view of a batch. A block owns one output
+// token and a chunk of channels; each thread walks the token's window (vidcore/pool.h) reading
+// one channel per cell, so a warp reads 32 consecutive channels of an input row per step.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "vidcore/pool.h"
+
+namespace vidcore {
+namespace {
+
+constexpr int kPoolThreads = 128;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPoolThreads)
+pool_kernel(const T* __restrict__ x,                 // frames x H x W x D
+            const int64_t* __restrict__ plan,        // num_tokens x kPoolPlanColumns
+            int64_t num_tokens,
+            const int64_t* __restrict__ frame_table, // frames named by the plan's slices
+            int64_t height, int64_t width, int64_t channels,
+            T* __restrict__ out) {                   // num_tokens x D
+  const int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= channels) return;
+  for (int64_t j = blockIdx.x; j < num_tokens; j += gridDim.x) {
+    const int64_t* row = plan + j * kPoolPlanColumns;
+    const bool is_max = row[kPoolMode] == kPoolMax;
+    const int64_t cells = pool_window_size(row);
+    float acc = is_max ? -INFINITY : 0.0f;
+    for (int64_t k = 0; k < cells; ++k) {
+      const float value =
+          to_float(x[pool_window_row(row, frame_table, height, width, k) * channels + d]);
+      acc = is_max ? pool_max(acc, value) : acc + value;
+    }
+    out[j * channels + d] = from_float<T>(is_max ? acc : acc / float(cells));
+  }
+}
+
+template <typename T>
+void launch(const void* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
+            int64_t height, int64_t width, int64_t channels, void* out, cudaStream_t stream) {
+  const dim3 grid(unsigned(std::min<int64_t>(num_tokens, 1 << 30)),
+                  unsigned((channels + kPoolThreads - 1) / kPoolThreads));
+  pool_kernel<T><<<grid, kPoolThreads, 0, stream>>>(static_cast<const T*>(x), plan, num_tokens,
+                                                    frame_table, height, width, channels,
+                                                    static_cast<T*>(out));
+}
+
+}  // namespace
+
+cudaError_t launch_pool(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
+                        const int64_t* frame_table, int64_t height, int64_t width,
+                        int64_t channels, void* out, cudaStream_t stream) {
+  if (num_tokens == 0 || channels == 0) return cudaSuccess;
+  switch (scalar_type) {
+    case kPoolHalf:
+      launch<__half>(x, plan, num_tokens, frame_table, height, width, channels, out, stream);
+      break;
+    case kPoolBFloat16:
+      launch<__nv_bfloat16>(x, plan, num_tokens, frame_table, height, width, channels, out,
+                            stream);
+      break;
+    case kPoolFloat:
+      launch<float>(x, plan, num_tokens, frame_table, height, width, channels, out, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace vidcore

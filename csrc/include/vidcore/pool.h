@@ -1,0 +1,63 @@
+// Global-local pooling (DESIGN.md op 2): the window math of one output token, shared by the CPU
+// twin (csrc/cpu/pool.cpp) and the CUDA kernel (csrc/cuda/pool.cu).
+//
+// Every view of every video is lowered on the host (vidcore/ops/pool.py) to one plan row per
+// output token: a box of frames x rows x cols of the input reduced by mean or max. Frames need not
+// be consecutive (uniformly sampled frames), so a row names a slice [frame_begin, frame_end) of a
+// frame table of absolute frame indices. Cell k of the box (frames outer, then rows, then columns:
+// PyTorch's max-pool scan order, so ties pick the same element) is input row
+// frame * H * W + row * W + col of x viewed as [frames, H, W, D].
+#pragma once
+
+#include <cstdint>
+
+#include "vidcore/macros.h"
+
+#if defined(VIDCORE_WITH_CUDA) || defined(__CUDACC__)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace vidcore {
+
+enum PoolPlanColumn {
+  kFrameBegin = 0, kFrameEnd, kRowBegin, kRowEnd, kColBegin, kColEnd, kPoolMode
+};
+constexpr int kPoolPlanColumns = 7;
+enum PoolMode : int64_t { kPoolAvg = 0, kPoolMax = 1 };
+
+VIDCORE_HD int64_t pool_window_size(const int64_t* plan) {
+  return (plan[kFrameEnd] - plan[kFrameBegin]) * (plan[kRowEnd] - plan[kRowBegin]) *
+         (plan[kColEnd] - plan[kColBegin]);
+}
+
+// Input row (of x viewed as [frames * H * W, D]) of cell k of the plan row's box.
+VIDCORE_HD int64_t pool_window_row(const int64_t* plan, const int64_t* frame_table, int64_t height,
+                                   int64_t width, int64_t k) {
+  const int64_t rows = plan[kRowEnd] - plan[kRowBegin], cols = plan[kColEnd] - plan[kColBegin];
+  const int64_t frame = frame_table[plan[kFrameBegin] + k / (rows * cols)];
+  const int64_t row = plan[kRowBegin] + (k / cols) % rows, col = plan[kColBegin] + k % cols;
+  return (frame * height + row) * width + col;
+}
+
+// Running max that propagates NaN, like torch.max_pool.
+template <typename Acc>
+VIDCORE_HD Acc pool_max(Acc acc, Acc value) {
+  return (value > acc || value != value) ? value : acc;
+}
+
+// out[j, :] = reduce over the box of plan row j of x; accumulation in Acc (fp32 for 16-bit types).
+void pool_cpu(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
+              const int64_t* frame_table, int64_t height, int64_t width, int64_t channels,
+              void* out);
+
+#if defined(VIDCORE_WITH_CUDA) || defined(__CUDACC__)
+// scalar_type: a PoolScalarType other than kPoolDouble
+cudaError_t launch_pool(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
+                        const int64_t* frame_table, int64_t height, int64_t width,
+                        int64_t channels, void* out, cudaStream_t stream);
+#endif
+
+// Scalar types understood by pool_cpu / launch_pool (the CPU twin also takes float64).
+enum PoolScalarType { kPoolFloat = 0, kPoolHalf = 1, kPoolBFloat16 = 2, kPoolDouble = 3 };
+
+}  // namespace vidcore
