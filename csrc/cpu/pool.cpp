@@ -25,11 +25,15 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
       const int64_t cells = pool_window_size(row);
       std::fill(acc.begin(), acc.end(),
                 is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
+      // The mode test stays outside the channel loops so that both vectorise.
+      Acc* __restrict__ sums = acc.data();
       for (int64_t k = 0; k < cells; ++k) {
-        const T* cell = x + pool_window_row(row, frame_table, height, width, k) * channels;
-        for (int64_t d = 0; d < channels; ++d) {
-          const Acc value = static_cast<Acc>(cell[d]);
-          acc[d] = is_max ? pool_max(acc[d], value) : acc[d] + value;
+        const T* __restrict__ cell =
+            x + pool_window_row(row, frame_table, height, width, k) * channels;
+        if (is_max) {
+          for (int64_t d = 0; d < channels; ++d) sums[d] = pool_max(sums[d], Acc(cell[d]));
+        } else {
+          for (int64_t d = 0; d < channels; ++d) sums[d] += Acc(cell[d]);
         }
       }
       T* dst = out + j * channels;

@@ -2,6 +2,7 @@
 input, SlowFast-LLaVA, Video-ChatGPT, LLaVA-NeXT-Video and MiniGPT4-Video token layouts."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,12 +51,12 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
     check_backend(_OP, backend)
     frames = _check_layout(x, num_frames)
     height, width = x.shape[-3], x.shape[-2]
-    views = _check_views(views, frames)
-    plan, table, meta, lengths = lower_views(views, frames, height, width)
-    if plan.shape[0] == 0:
-        raise ValueError(f"{_OP}: views yield no tokens for num_frames {frames}")
+    if isinstance(views, View) or not isinstance(views, Sequence) or not views:
+        raise ValueError(f"{_OP}: views must be a non-empty sequence of View, got {views!r}")
+    # Under torch.compile the lowering is traced (and baked into the graph) instead of cached.
+    lower = _plan.__wrapped__ if torch.compiler.is_compiling() else _plan
+    plan, table, meta, lengths = lower(tuple(views), tuple(frames), height, width, x.device)
     rows = x.reshape(-1, height, width, x.shape[-1])
-    plan, table, meta = (t.to(x.device) for t in (plan, table, meta))
     fn = reference.pool if backend == "torch" else _pool
     tokens = fn(rows if rows.is_contiguous() else rows.contiguous(), plan, table)
     if x.dim() == 5:
@@ -76,6 +77,18 @@ def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
     return x.reshape(*x.shape[:-2], x.shape[-2] // group, group * x.shape[-1])
 
 
+@functools.lru_cache(maxsize=64)
+def _plan(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: int,
+          device: torch.device) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Checked views lowered to device tensors, once per (views, frame counts, grid, device):
+    repeated calls (every training step) skip the host work and the host-to-device copies."""
+    _check_views(views, list(frames))
+    plan, table, meta, lengths = lower_views(views, frames, height, width)
+    if plan.shape[0] == 0:
+        raise ValueError(f"{_OP}: views yield no tokens for num_frames {list(frames)}")
+    return plan.to(device), table.to(device), meta.to(device), lengths
+
+
 def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[int]:
     check_tensor(_OP, "x", x, dims=(4, 5), dtypes=_DTYPES)
     if x.dim() == 5:
@@ -93,9 +106,7 @@ def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[
     return frames
 
 
-def _check_views(views: Sequence[View], frames: list[int]) -> list[View]:
-    if isinstance(views, View) or not views:
-        raise ValueError(f"{_OP}: views must be a non-empty sequence of View, got {views!r}")
+def _check_views(views: Sequence[View], frames: list[int]) -> None:
     for i, view in enumerate(views):
         if not isinstance(view, View):
             raise TypeError(f"{_OP}: views[{i}] must be a View, got {type(view).__name__}")
@@ -120,7 +131,6 @@ def _check_views(views: Sequence[View], frames: list[int]) -> list[View]:
             if any(not 0 <= f < t for f in selected):
                 raise ValueError(f"{_OP}: views[{i}] selects frames {selected} outside a video "
                                  f"of {t} frames")
-    return list(views)
 
 
 @torch.library.custom_op("vidcore::pool", mutates_args=())
