@@ -92,6 +92,18 @@ def _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
 
 
 @triton.jit
+def _query_block(range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
+                 CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A query block's tile, frame ranges and the key span [lo, hi) its rows can see."""
+    rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
+    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
+    lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
+                       CAUSAL, HAS_RANGE, BLOCK_N)
+    return rows, row_mask, dims, dim_mask, start, end, lo, hi
+
+
+@triton.jit
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
@@ -107,12 +119,11 @@ def _attention_fwd_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
+    rows, row_mask, dims, dim_mask, start, end, lo, hi = _query_block(
+        range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
+        CAUSAL, HAS_RANGE, BLOCK_M, BLOCK_N, BLOCK_D)
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
                    UPCAST)
-    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
-    lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
-                       CAUSAL, HAS_RANGE, BLOCK_N)
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)

@@ -18,8 +18,8 @@ from vidcore.kernels.attention import (
     INTERPRET,
     LOG2E,
     _frame_ranges,
-    _key_span,
     _load_rows,
+    _query_block,
     _seq_bounds,
     _tile,
     _visible,
@@ -110,15 +110,14 @@ def _attention_bwd_dq_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
+    rows, row_mask, dims, dim_mask, start, end, lo, hi = _query_block(
+        range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
+        CAUSAL, HAS_RANGE, BLOCK_M, BLOCK_N, BLOCK_D)
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
                    UPCAST)
     do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
                     UPCAST)
     lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
-    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
-    lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
-                       CAUSAL, HAS_RANGE, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for key0 in range(lo, hi, BLOCK_N):
         cols = key0 + tl.arange(0, BLOCK_N)
