@@ -14,11 +14,35 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["attention_fwd", "launch_config", "INTERPRET"]
+__all__ = ["attention_fwd", "AUTOTUNE", "INTERPRET"]
 
 LOG2E = 1.4426950408889634
 # bf16 is computed wrongly by the Triton interpreter: upcast right after loads when interpreting.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs() -> list[triton.Config]:
+    """Block sizes to try on Hopper/Ampere; one small tile when interpreting on CPU."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    tiles = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 4), (128, 128, 8, 2),
+             (64, 64, 4, 3), (64, 32, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in tiles]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Large tiles of a 256-wide head spill registers: keep the small ones for d > 128."""
+    if named_args["head_dim"] <= 128:
+        return configs
+    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return small or configs[-1:]
+
+
+# Tuned once per head dim and mask kind; varlen shapes change every call, so lengths are not
+# part of the key. Every kernel fully overwrites its outputs, so benchmark reruns are harmless.
+AUTOTUNE = triton.autotune(configs=_configs(), key=["head_dim", "CAUSAL", "HAS_RANGE"],
+                           prune_configs_by={"early_config_prune": _prune})
 
 
 @triton.jit
@@ -103,6 +127,7 @@ def _query_block(range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_p
     return rows, row_mask, dims, dim_mask, start, end, lo, hi
 
 
+@AUTOTUNE
 @triton.jit
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
@@ -156,18 +181,6 @@ def _attention_fwd_kernel(
     tl.store(lse_ptr + head * stride_l_h + q_start + rows, lse, mask=row_mask)
 
 
-def launch_config(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for Hopper/Ampere; one small config when
-    interpreting. A fixed table rather than autotune: varlen launches vary in shape every call."""
-    if INTERPRET:
-        return 16, 16, 4, 1
-    if head_dim <= 64:
-        return 128, 64, 4, 3
-    if head_dim <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
-
-
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                   max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
                   tokens_per_frame: int, q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -176,11 +189,13 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seql
     total_q, heads, head_dim = q.shape
     out = torch.empty_like(q)
     lse = torch.empty(heads, total_q, dtype=torch.float32, device=q.device)
-    block_m, block_n, num_warps, num_stages = launch_config(head_dim)
     batch = cu_seqlens_q.shape[0] - 1
     if total_q == 0 or batch == 0:
         return out, lse.fill_(float("-inf"))
-    grid = (triton.cdiv(max(max_seqlen_q, 1), block_m), batch, heads)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(max(max_seqlen_q, 1), meta["BLOCK_M"]), batch, heads
+
     has_range = q_frame_range is not None
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, q_frame_range if has_range else q,
@@ -188,7 +203,6 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seql
         out.stride(0), out.stride(1), lse.stride(0),
         scale * LOG2E, max(tokens_per_frame, 1), heads // k.shape[1], head_dim,
         CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
     return out, lse

@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from vidcore.kernels.attention import (
+    AUTOTUNE,
     INTERPRET,
     LOG2E,
     _frame_ranges,
@@ -23,7 +24,6 @@ from vidcore.kernels.attention import (
     _seq_bounds,
     _tile,
     _visible,
-    launch_config,
 )
 
 __all__ = ["attention_bwd"]
@@ -38,6 +38,7 @@ def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
     return lse2, delta
 
 
+@AUTOTUNE
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
@@ -95,6 +96,7 @@ def _attention_bwd_dkdv_kernel(
     tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
 
 
+@AUTOTUNE
 @triton.jit
 def _attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
@@ -150,20 +152,22 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     # delta_i = <dO_i, O_i>, the softmax-Jacobian term shared by both kernels: [Hq, total_q]
     delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()
     lse = lse.float().contiguous()
-    block_m, block_n, num_warps, num_stages = launch_config(q.shape[2])
     has_range = q_frame_range is not None
     common = dict(
         CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(q.shape[2])),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_D=max(16, triton.next_power_of_2(q.shape[2])),
     )
     args = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), scale * LOG2E,
             scale, max(tokens_per_frame, 1), q.shape[1] // k.shape[1], q.shape[2])
     ranges = q_frame_range if has_range else cu_seqlens_q
-    grid_kv = (triton.cdiv(max(max_seqlen_k, 1), block_n), batch, k.shape[1])
+    def grid_kv(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(max(max_seqlen_k, 1), meta["BLOCK_N"]), batch, k.shape[1]
+
+    def grid_q(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(max(max_seqlen_q, 1), meta["BLOCK_M"]), batch, q.shape[1]
+
     _attention_bwd_dkdv_kernel[grid_kv](q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens_q,
                                         cu_seqlens_k, ranges, *args, **common)
-    grid_q = (triton.cdiv(max(max_seqlen_q, 1), block_m), batch, q.shape[1])
     _attention_bwd_dq_kernel[grid_q](q, k, v, grad_out, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
                                      ranges, *args, **common)
     return dq, dk, dv
