@@ -1,6 +1,7 @@
 // Tensor bindings of vidcore::pool (schema: vidcore/ops/pool.py).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -47,7 +48,39 @@ at::Tensor pool_cpu_impl(const at::Tensor& x, const at::Tensor& plan, const at::
   return out;
 }
 
+// Gradients accumulate in fp32 (fp64 for fp64 x) and are cast to x's dtype at the end.
+at::Tensor zeroed_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& plan,
+                       const at::Tensor& table) {
+  alloc_pooled(x, plan, table);  // same checks as the forward
+  TORCH_CHECK(grad.is_contiguous() && grad.dim() == 2 && grad.size(0) == plan.size(0) &&
+                  grad.size(1) == x.size(3) && grad.scalar_type() == x.scalar_type(),
+              "pool_backward: grad must be a contiguous [L, D] tensor like the output");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::zeros(x.sizes(), x.options().dtype(acc));
+}
+
+at::Tensor pool_backward_cpu_impl(const at::Tensor& grad, const at::Tensor& x,
+                                  const at::Tensor& plan, const at::Tensor& table) {
+  at::Tensor grad_x = zeroed_grad(grad, x, plan, table);
+  pool_backward_cpu(grad.const_data_ptr(), x.const_data_ptr(), pool_scalar_type(x, false),
+                    plan.const_data_ptr<int64_t>(), plan.size(0),
+                    table.const_data_ptr<int64_t>(), x.size(1), x.size(2), x.size(3),
+                    grad_x.mutable_data_ptr());
+  return grad_x.to(x.scalar_type());
+}
+
 #ifdef VIDCORE_WITH_CUDA
+at::Tensor pool_backward_cuda_impl(const at::Tensor& grad, const at::Tensor& x,
+                                   const at::Tensor& plan, const at::Tensor& table) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor grad_x = zeroed_grad(grad, x, plan, table);
+  C10_CUDA_CHECK(launch_pool_backward(
+      grad.const_data_ptr(), x.const_data_ptr(), pool_scalar_type(x, true),
+      plan.const_data_ptr<int64_t>(), plan.size(0), table.const_data_ptr<int64_t>(), x.size(1),
+      x.size(2), x.size(3), grad_x.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+  return grad_x.to(x.scalar_type());
+}
+
 at::Tensor pool_cuda_impl(const at::Tensor& x, const at::Tensor& plan, const at::Tensor& table) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = alloc_pooled(x, plan, table);
@@ -61,10 +94,16 @@ at::Tensor pool_cuda_impl(const at::Tensor& x, const at::Tensor& plan, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(vidcore, CPU, m) { m.impl("pool", &pool_cpu_impl); }
+TORCH_LIBRARY_IMPL(vidcore, CPU, m) {
+  m.impl("pool", &pool_cpu_impl);
+  m.impl("pool_backward", &pool_backward_cpu_impl);
+}
 
 #ifdef VIDCORE_WITH_CUDA
-TORCH_LIBRARY_IMPL(vidcore, CUDA, m) { m.impl("pool", &pool_cuda_impl); }
+TORCH_LIBRARY_IMPL(vidcore, CUDA, m) {
+  m.impl("pool", &pool_cuda_impl);
+  m.impl("pool_backward", &pool_backward_cuda_impl);
+}
 #endif
 
 }  // namespace vidcore

@@ -52,17 +52,87 @@ pool_kernel(const T* __restrict__ x,                 // frames x H x W x D
   }
 }
 
+// Same block layout as the forward; overlapping windows of different views meet in grad_x, so
+// contributions are added atomically in fp32.
+template <typename T>
+__global__ void __launch_bounds__(kPoolThreads)
+pool_backward_kernel(const T* __restrict__ grad,        // num_tokens x D
+                     const T* __restrict__ x,           // frames x H x W x D
+                     const int64_t* __restrict__ plan,  // num_tokens x kPoolPlanColumns
+                     int64_t num_tokens, const int64_t* __restrict__ frame_table,
+                     int64_t height, int64_t width, int64_t channels,
+                     float* __restrict__ grad_x) {      // frames x H x W x D, zeroed
+  const int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= channels) return;
+  for (int64_t j = blockIdx.x; j < num_tokens; j += gridDim.x) {
+    const int64_t* row = plan + j * kPoolPlanColumns;
+    const int64_t cells = pool_window_size(row);
+    const float g = to_float(grad[j * channels + d]);
+    if (row[kPoolMode] != kPoolMax) {
+      for (int64_t k = 0; k < cells; ++k) {
+        atomicAdd(grad_x + pool_window_row(row, frame_table, height, width, k) * channels + d,
+                  g / float(cells));
+      }
+      continue;
+    }
+    float best = -INFINITY;
+    int64_t best_row = pool_window_row(row, frame_table, height, width, 0);
+    for (int64_t k = 0; k < cells; ++k) {
+      const int64_t r = pool_window_row(row, frame_table, height, width, k);
+      const float value = to_float(x[r * channels + d]);
+      if (pool_max_takes(best, value)) best = value, best_row = r;
+    }
+    if (cells > 0) atomicAdd(grad_x + best_row * channels + d, g);
+  }
+}
+
+dim3 pool_grid(int64_t num_tokens, int64_t channels) {
+  return dim3(unsigned(std::min<int64_t>(num_tokens, 1 << 30)),
+              unsigned((channels + kPoolThreads - 1) / kPoolThreads));
+}
+
 template <typename T>
 void launch(const void* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
             int64_t height, int64_t width, int64_t channels, void* out, cudaStream_t stream) {
-  const dim3 grid(unsigned(std::min<int64_t>(num_tokens, 1 << 30)),
-                  unsigned((channels + kPoolThreads - 1) / kPoolThreads));
-  pool_kernel<T><<<grid, kPoolThreads, 0, stream>>>(static_cast<const T*>(x), plan, num_tokens,
+  pool_kernel<T><<<pool_grid(num_tokens, channels), kPoolThreads, 0, stream>>>(static_cast<const T*>(x), plan, num_tokens,
                                                     frame_table, height, width, channels,
                                                     static_cast<T*>(out));
 }
 
+template <typename T>
+void launch_backward(const void* grad, const void* x, const int64_t* plan, int64_t num_tokens,
+                     const int64_t* frame_table, int64_t height, int64_t width,
+                     int64_t channels, float* grad_x, cudaStream_t stream) {
+  pool_backward_kernel<T><<<pool_grid(num_tokens, channels), kPoolThreads, 0, stream>>>(
+      static_cast<const T*>(grad), static_cast<const T*>(x), plan, num_tokens, frame_table,
+      height, width, channels, grad_x);
+}
+
 }  // namespace
+
+cudaError_t launch_pool_backward(const void* grad, const void* x, int scalar_type,
+                                 const int64_t* plan, int64_t num_tokens,
+                                 const int64_t* frame_table, int64_t height, int64_t width,
+                                 int64_t channels, float* grad_x, cudaStream_t stream) {
+  if (num_tokens == 0 || channels == 0) return cudaSuccess;
+  switch (scalar_type) {
+    case kPoolHalf:
+      launch_backward<__half>(grad, x, plan, num_tokens, frame_table, height, width, channels,
+                              grad_x, stream);
+      break;
+    case kPoolBFloat16:
+      launch_backward<__nv_bfloat16>(grad, x, plan, num_tokens, frame_table, height, width,
+                                     channels, grad_x, stream);
+      break;
+    case kPoolFloat:
+      launch_backward<float>(grad, x, plan, num_tokens, frame_table, height, width, channels,
+                             grad_x, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t launch_pool(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
                         const int64_t* frame_table, int64_t height, int64_t width,

@@ -95,6 +95,18 @@ def test_gradcheck(mode):
     assert torch.autograd.gradcheck(lambda x: pool(x, views).tokens, (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_kernel_matches_reference(dtype, device):
+    x = torch.randn(7, 5, 6, 10, device=device).to(dtype)
+    x[0, :2, :2] = 1.0  # ties inside a max window
+    views = [v.values[0] for v in VIEWS]  # overlapping views meet in the gradient
+    plan, table, _, _ = lower_views(views, [7], 5, 6)
+    plan, table = plan.to(device), table.to(device)
+    grad = torch.randn(plan.shape[0], 10, device=device).to(dtype)
+    got = torch.ops.vidcore.pool_backward(grad, x, plan, table)
+    assert_close(got.float(), reference.pool_backward(grad, x, plan, table).float(), dtype=dtype)
+
+
 def test_max_gradient_goes_to_the_first_maximum_like_torch():
     x = torch.zeros(1, 1, 2, 4, 1, requires_grad=True)  # all ties
     pool(x, [View(spatial=(2, 2), mode="max")]).tokens.sum().backward()
@@ -151,3 +163,8 @@ def test_cuda_kernel_matches_cpu_twin():
     views = [v.values[0] for v in VIEWS]
     cpu = pool(x, views).tokens
     assert_close(pool(x.cuda(), views).tokens.cpu().float(), cpu.float(), dtype=torch.bfloat16)
+    for device in ("cpu", "cuda"):  # backward: fp32 atomics on CUDA vs channel slices on CPU
+        leaf = x.to(device).requires_grad_()
+        pool(leaf, views).tokens.float().square().sum().backward()
+        grads = grads + [leaf.grad.cpu().float()] if device == "cuda" else [leaf.grad.float()]
+    assert_close(grads[1], grads[0], dtype=torch.bfloat16)

@@ -58,4 +58,5 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "pool_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
 }

@@ -39,10 +39,15 @@ VIDCORE_HD int64_t pool_window_row(const int64_t* plan, const int64_t* frame_tab
   return (frame * height + row) * width + col;
 }
 
-// Running max that propagates NaN, like torch.max_pool.
+// Running max that propagates NaN, like torch.max_pool: true when `value` replaces `acc`.
+template <typename Acc>
+VIDCORE_HD bool pool_max_takes(Acc acc, Acc value) {
+  return value > acc || value != value;
+}
+
 template <typename Acc>
 VIDCORE_HD Acc pool_max(Acc acc, Acc value) {
-  return (value > acc || value != value) ? value : acc;
+  return pool_max_takes(acc, value) ? value : acc;
 }
 
 // out[j, :] = reduce over the box of plan row j of x; accumulation in Acc (fp32 for 16-bit types).
@@ -50,7 +55,18 @@ void pool_cpu(const void* x, int scalar_type, const int64_t* plan, int64_t num_t
               const int64_t* frame_table, int64_t height, int64_t width, int64_t channels,
               void* out);
 
+// grad_x (zeroed, [frames * H * W, D] in Acc = float, or double for double x) += the gradient
+// of pool: a mean spreads g / |box| over its box, a max sends g to the cell the forward chose
+// (the first maximum in scan order, the last NaN), as torch's max pooling does.
+void pool_backward_cpu(const void* grad, const void* x, int scalar_type, const int64_t* plan,
+                       int64_t num_tokens, const int64_t* frame_table, int64_t height,
+                       int64_t width, int64_t channels, void* grad_x);
+
 #if defined(VIDCORE_WITH_CUDA) || defined(__CUDACC__)
+cudaError_t launch_pool_backward(const void* grad, const void* x, int scalar_type,
+                                 const int64_t* plan, int64_t num_tokens,
+                                 const int64_t* frame_table, int64_t height, int64_t width,
+                                 int64_t channels, float* grad_x, cudaStream_t stream);
 // scalar_type: a PoolScalarType other than kPoolDouble
 cudaError_t launch_pool(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
                         const int64_t* frame_table, int64_t height, int64_t width,
