@@ -130,6 +130,12 @@ def test_compile():
     assert_close(compiled(x), pool(x, views).tokens * 2)
 
 
+def test_list_valued_views_are_accepted():
+    x = torch.randn(1, 4, 4, 4, 2)
+    listed = pool(x, [View(frames=[3, 1], spatial=[2, 2])]).tokens
+    assert_exact(listed, pool(x, [View(frames=(3, 1), spatial=(2, 2))]).tokens)
+
+
 def test_merge_tokens():
     x = torch.arange(2 * 8 * 3).view(2, 8, 3)
     merged = merge_tokens(x, 4)
@@ -146,6 +152,7 @@ def test_merge_tokens():
     (dict(views=[View(frames=(0, 9))]), ValueError, r"pool: views\[0\] selects frames \[0, 9\]"),
     (dict(views=[View(frames=SegmentCentres(8))]), ValueError, "selects frames .* outside"),
     (dict(views=[View(spatial=Adaptive(0, 1))]), ValueError, r"views\[0\].spatial.h must be"),
+    (dict(views=[View(), {"frames": "all"}]), TypeError, r"pool: views\[1\] must be a View"),
     (dict(num_frames=[2, 2]), ValueError, "pool: num_frames is only for ragged x"),
     (dict(x=torch.randn(4, 3, 3, 2), num_frames=[1, 2]), ValueError,
      r"pool: num_frames \[1, 2\] sum to 3, but x has 4 frames"),

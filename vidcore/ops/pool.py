@@ -2,6 +2,7 @@
 input, SlowFast-LLaVA, Video-ChatGPT, LLaVA-NeXT-Video and MiniGPT4-Video token layouts."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
         raise ValueError(f"{_OP}: views must be a non-empty sequence of View, got {views!r}")
     # Under torch.compile the lowering is traced (and baked into the graph) instead of cached.
     lower = _plan.__wrapped__ if torch.compiler.is_compiling() else _plan
-    plan, table, meta, lengths = lower(tuple(views), tuple(frames), height, width, x.device)
+    plan, table, meta, lengths = lower(tuple(_hashable(i, v) for i, v in enumerate(views)),
+                                       tuple(frames), height, width, x.device)
     rows = x.reshape(-1, height, width, x.shape[-1])
     fn = reference.pool if backend == "torch" else _pool
     tokens = fn(rows if rows.is_contiguous() else rows.contiguous(), plan, table)
@@ -75,6 +77,18 @@ def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
         raise ValueError(f"merge_tokens: the token dim of x {tuple(x.shape)} must be divisible "
                          f"by group={group}")
     return x.reshape(*x.shape[:-2], x.shape[-2] // group, group * x.shape[-1])
+
+
+def _hashable(index: int, view: View) -> View:
+    """The view with list-valued fields as tuples, so that it can key the plan cache."""
+    if not isinstance(view, View):
+        raise TypeError(f"{_OP}: views[{index}] must be a View, got {type(view).__name__}")
+    frames, spatial = view.frames, view.spatial
+    if not isinstance(frames, (str, Uniform, SegmentCentres)):
+        frames = tuple(int(f) for f in frames)
+    if isinstance(spatial, list):
+        spatial = tuple(spatial)
+    return dataclasses.replace(view, frames=frames, spatial=spatial)
 
 
 @functools.lru_cache(maxsize=64)
@@ -108,8 +122,6 @@ def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[
 
 def _check_views(views: Sequence[View], frames: list[int]) -> None:
     for i, view in enumerate(views):
-        if not isinstance(view, View):
-            raise TypeError(f"{_OP}: views[{i}] must be a View, got {type(view).__name__}")
         if view.mode not in ("avg", "max"):
             raise ValueError(f"{_OP}: views[{i}].mode must be 'avg' or 'max', got {view.mode!r}")
         if isinstance(view.frames, (Uniform, SegmentCentres)):
