@@ -49,6 +49,7 @@ def plot_speedups(results: dict[str, object] | str | Path, png: str | Path) -> P
         by_case = {f"{r['op']}\n{r['case']}": r["speedup"] for r in rows if r["provider"] == provider}
         xs = [c + i * width for c in range(len(cases))]
         ax.bar(xs, [by_case.get(c, 0.0) for c in cases], width, label=provider)
+    ax.set_yscale("log")  # ratios: 0.5x and 2x are equally far from parity
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))], cases, fontsize=7)
     ax.set_ylabel("speedup vs baseline (higher is better)")
