@@ -8,7 +8,6 @@ provider), and flash-attn's varlen kernel when it is installed.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
