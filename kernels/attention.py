@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["attention_fwd", "AUTOTUNE", "INTERPRET"]
+__all__ = ["attention_fwd", "dot_precision", "AUTOTUNE", "INTERPRET"]
 
 LOG2E = 1.4426950408889634
 # bf16 is computed wrongly by the Triton interpreter: upcast right after loads when interpreting.
@@ -39,10 +39,21 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return small or configs[-1:]
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 products (tl.dot would round them to tf32); 16-bit inputs are
+    exact in any mode."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 # Tuned once per head dim and mask kind; varlen shapes change every call, so lengths are not
 # part of the key. Every kernel fully overwrites its outputs, so benchmark reruns are harmless.
 AUTOTUNE = triton.autotune(configs=_configs(), key=["head_dim", "CAUSAL", "HAS_RANGE"],
                            prune_configs_by={"early_config_prune": _prune})
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
@@ -135,6 +146,7 @@ def _attention_fwd_kernel(
     stride_o_n, stride_o_h, stride_l_h,
     qk_scale, tokens_per_frame, group, head_dim,
     CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     seq = tl.program_id(1)
@@ -160,7 +172,7 @@ def _attention_fwd_kernel(
                        dim_mask, UPCAST)
         v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
                        dim_mask, UPCAST)
-        scores = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
+        scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale  # log2 domain
         visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
                            CAUSAL, HAS_RANGE)
         scores = tl.where(visible, scores, float("-inf"))
@@ -169,7 +181,7 @@ def _attention_fwd_kernel(
         probs = tl.exp2(scores - safe_max[:, None])
         rescale = tl.exp2(row_max - safe_max)
         row_sum = row_sum * rescale + tl.sum(probs, 1)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
+        acc = acc * rescale[:, None] + _dot(probs.to(v.dtype), v, DOT_PRECISION)
         row_max = new_max
 
     has_keys = row_sum > 0
@@ -203,6 +215,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seql
         out.stride(0), out.stride(1), lse.stride(0),
         scale * LOG2E, max(tokens_per_frame, 1), heads // k.shape[1], head_dim,
         CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
+        DOT_PRECISION=dot_precision(q.dtype),
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
     return out, lse

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from vidcore.kernels.attention import (
     AUTOTUNE,
+    _dot,
     INTERPRET,
     LOG2E,
     _frame_ranges,
@@ -24,6 +25,7 @@ from vidcore.kernels.attention import (
     _seq_bounds,
     _tile,
     _visible,
+    dot_precision,
 )
 
 __all__ = ["attention_bwd"]
@@ -45,6 +47,7 @@ def _attention_bwd_dkdv_kernel(
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
     qk_scale, scale, tokens_per_frame, group, head_dim,
     CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     seq = tl.program_id(1)
@@ -85,11 +88,11 @@ def _attention_bwd_dkdv_kernel(
                                          row_mask)
                 visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
                                    CAUSAL, HAS_RANGE)
-                probs = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+                probs = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse2[:, None])
                 probs = tl.where(visible, probs, 0.0)
-                dv += tl.dot(tl.trans(probs).to(do.dtype), do)
-                dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
-                dk += tl.dot(tl.trans(dscores).to(q.dtype), q)
+                dv += _dot(tl.trans(probs).to(do.dtype), do, DOT_PRECISION)
+                dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
+                dk += _dot(tl.trans(dscores).to(q.dtype), q, DOT_PRECISION)
     offs = (k_start + cols)[:, None] * stride_k_n + kv_head * stride_k_h + dims[None, :]
     mask = col_mask[:, None] & dim_mask[None, :]
     tl.store(dk_ptr + offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=mask)
@@ -103,6 +106,7 @@ def _attention_bwd_dq_kernel(
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
     qk_scale, scale, tokens_per_frame, group, head_dim,
     CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     seq = tl.program_id(1)
@@ -130,9 +134,10 @@ def _attention_bwd_dq_kernel(
                        dim_mask, UPCAST)
         visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
                            CAUSAL, HAS_RANGE)
-        probs = tl.where(visible, tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse2[:, None]), 0.0)
-        dscores = probs * (tl.dot(do, tl.trans(v)) - delta[:, None])
-        dq += tl.dot(dscores.to(k.dtype), k)
+        scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+        probs = tl.where(visible, tl.exp2(scores - lse2[:, None]), 0.0)
+        dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
+        dq += _dot(dscores.to(k.dtype), k, DOT_PRECISION)
     tl.store(dq_ptr + (q_start + rows)[:, None] * stride_q_n + head * stride_q_h + dims[None, :],
              (dq * scale).to(dq_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -155,6 +160,7 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     has_range = q_frame_range is not None
     common = dict(
         CAUSAL=causal, HAS_RANGE=has_range, UPCAST=INTERPRET or q.dtype == torch.float32,
+        DOT_PRECISION=dot_precision(q.dtype),
         BLOCK_D=max(16, triton.next_power_of_2(q.shape[2])),
     )
     args = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), scale * LOG2E,

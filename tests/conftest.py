@@ -36,6 +36,12 @@ def device(request) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where Triton launchers can be called directly: the GPU, or the CPU in the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

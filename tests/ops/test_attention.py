@@ -67,9 +67,9 @@ KERNEL_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("case", KERNEL_CASES)
-def test_kernel_forward_and_backward_match_reference(case, dtype, device):
+def test_kernel_forward_and_backward_match_reference(case, dtype, triton_device):
     lens_q, lens_k, hq, hk, dim, causal, tpf = case
-    (q, k, v), kw = make_case(lens_q, lens_k, hq, hk, dim, dtype, causal, tpf, device)
+    (q, k, v), kw = make_case(lens_q, lens_k, hq, hk, dim, dtype, causal, tpf, triton_device)
     args = launcher_args(kw, dim)
     out, lse = attention_fwd(q, k, v, *args)
     ref_out, ref_lse = reference.attention(q, k, v, *args)
@@ -84,9 +84,10 @@ def test_kernel_forward_and_backward_match_reference(case, dtype, device):
 @given(lens=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=3),
        group=st.sampled_from([1, 2]), dim=st.sampled_from([16, 24]), causal=st.booleans(),
        tpf=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**16))
-def test_kernel_forward_property(lens, group, dim, causal, tpf, seed):
+def test_kernel_forward_property(triton_device, lens, group, dim, causal, tpf, seed):
     (q, k, v), kw = make_case([a for a, _ in lens], [b for _, b in lens], 2, 2 // group, dim,
-                              causal=causal, tokens_per_frame=tpf, seed=seed)
+                              causal=causal, tokens_per_frame=tpf, device=triton_device,
+                              seed=seed)
     args = launcher_args(kw, dim)
     out, lse = attention_fwd(q, k, v, *args)
     ref_out, ref_lse = reference.attention(q, k, v, *args)

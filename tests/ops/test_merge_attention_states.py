@@ -64,8 +64,8 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape, empty_rows", CASES)
-def test_kernel_matches_reference(shape, empty_rows, dtype, device):
-    states = random_states(shape, dtype, device, empty_rows)
+def test_kernel_matches_reference(shape, empty_rows, dtype, triton_device):
+    states = random_states(shape, dtype, triton_device, empty_rows)
     out, lse = merge_attention_states_fwd(*states)
     assert not out.isnan().any() and not lse.isnan().any()
     assert_close((out, lse), reference.merge_attention_states(*states), dtype=dtype)
@@ -73,10 +73,10 @@ def test_kernel_matches_reference(shape, empty_rows, dtype, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape, empty_rows", CASES)
-def test_backward_kernel_matches_reference(shape, empty_rows, dtype, device):
-    states = random_states(shape, dtype, device, empty_rows)
-    grad_out = torch.randn(shape, device=device).to(dtype)
-    grad_lse = torch.randn(states[1].shape, device=device)
+def test_backward_kernel_matches_reference(shape, empty_rows, dtype, triton_device):
+    states = random_states(shape, dtype, triton_device, empty_rows)
+    grad_out = torch.randn(shape, device=triton_device).to(dtype)
+    grad_lse = torch.randn(states[1].shape, device=triton_device)
     grads = merge_attention_states_bwd(grad_out, grad_lse, *states)
     expected = reference.merge_attention_states_backward(grad_out, grad_lse, *states)
     assert_close(grads, expected, dtype=dtype)
@@ -92,9 +92,10 @@ def test_backward_reference_matches_autograd():
 
 @given(n=st.integers(0, 40), h=st.integers(1, 4), d=st.integers(1, 72),
        batched=st.booleans(), empty=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**31))
-def test_kernel_property(n, h, d, batched, empty, seed):
+def test_kernel_property(triton_device, n, h, d, batched, empty, seed):
     torch.manual_seed(seed)
-    states = random_states((2, n, h, d) if batched else (n, h, d), empty_rows=empty)
+    shape = (2, n, h, d) if batched else (n, h, d)
+    states = random_states(shape, device=triton_device, empty_rows=empty)
     assert_close(merge_attention_states_fwd(*states), reference.merge_attention_states(*states))
 
 
