@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -23,6 +24,12 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
       const int64_t* row = plan + j * kPoolPlanColumns;
       const bool is_max = row[kPoolMode] == kPoolMax;
       const int64_t cells = pool_window_size(row);
+      if (cells == 1) {  // a copied token (no pooling): mean and max of one value are the value
+        std::memcpy(out + j * channels,
+                    x + pool_window_row(row, frame_table, height, width, 0) * channels,
+                    channels * sizeof(T));
+        continue;
+      }
       std::fill(acc.begin(), acc.end(),
                 is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
       // The mode test stays outside the channel loops so that both vectorise.
