@@ -17,10 +17,13 @@ namespace {
 template <typename T, typename Acc>
 void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
                  int64_t height, int64_t width, int64_t channels, T* out) {
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(channels, 1));
-  at::parallel_for(0, num_tokens, grain, [&](int64_t begin, int64_t end) {
+  // Token costs differ by orders of magnitude (a copied cell vs a mean over every frame), so
+  // tokens are handed out dynamically rather than in one static range per thread.
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
     std::vector<Acc> acc(channels);
-    for (int64_t j = begin; j < end; ++j) {
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t j = 0; j < num_tokens; ++j) {
       const int64_t* row = plan + j * kPoolPlanColumns;
       const bool is_max = row[kPoolMode] == kPoolMax;
       const int64_t cells = pool_window_size(row);
@@ -48,7 +51,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
         dst[d] = static_cast<T>(is_max ? acc[d] : acc[d] / static_cast<Acc>(cells));
       }
     }
-  });
+  }
 }
 
 // Threads own channel slices, so overlapping windows of different views never race.
