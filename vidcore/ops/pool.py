@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,15 +57,15 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
         raise ValueError(f"{_OP}: views must be a non-empty sequence of View, got {views!r}")
     # Under torch.compile the lowering is traced (and baked into the graph) instead of cached.
     lower = _plan.__wrapped__ if torch.compiler.is_compiling() else _plan
-    plan, table, meta, lengths = lower(tuple(_hashable(i, v) for i, v in enumerate(views)),
-                                       tuple(frames), height, width, x.device)
+    views = tuple(_hashable(i, v) for i, v in enumerate(views))
+    plan, table, meta, cu_seqlens, max_seqlen = lower(views, tuple(frames), height, width,
+                                                      x.device)
     rows = x.reshape(-1, height, width, x.shape[-1])
     fn = reference.pool if backend == "torch" else _pool
     tokens = fn(rows if rows.is_contiguous() else rows.contiguous(), plan, table)
     if x.dim() == 5:
         tokens = tokens.view(x.shape[0], -1, x.shape[-1])
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    return PooledTokens(tokens, cu.to(x.device), max(lengths), *meta.unbind(1))
+    return PooledTokens(tokens, cu_seqlens, max_seqlen, *meta.unbind(1))
 
 
 def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
@@ -93,14 +94,17 @@ def _hashable(index: int, view: View) -> View:
 
 @functools.lru_cache(maxsize=64)
 def _plan(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: int,
-          device: torch.device) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+          device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Checked views lowered to device tensors, once per (views, frame counts, grid, device):
-    repeated calls (every training step) skip the host work and the host-to-device copies."""
+    repeated calls (every training step) skip the host work and the host-to-device copies, and
+    a cached call issues no copy at all (it can run inside CUDA-graph capture)."""
     _check_views(views, list(frames))
     plan, table, meta, lengths = lower_views(views, frames, height, width)
     if plan.shape[0] == 0:
         raise ValueError(f"{_OP}: views yield no tokens for num_frames {list(frames)}")
-    return plan.to(device), table.to(device), meta.to(device), lengths
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    return (plan.to(device), table.to(device), meta.to(device), cu_seqlens.to(device),
+            max(lengths))
 
 
 def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[int]:

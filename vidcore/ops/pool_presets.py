@@ -23,7 +23,8 @@ def st_llm_global_local(x: Tensor, num_local: int = 16, *, backend: str = "auto"
 
     Args: x [B, T, N, D] (N query tokens per frame) or [B, T, H, W, D].
     Returns: (local [B, num_local * N, D], global [B, N, D]); ST-LLM adds MLP(global) to each
-    local frame."""
+    local frame. Videos so short that a centre index reaches T raise ValueError (the seed would
+    index out of range)."""
     grid = _grid(x)
     tokens = pool(grid, [View(frames=SegmentCentres(num_local)), View(temporal="mean")],
                   backend=backend).tokens
@@ -35,7 +36,9 @@ def slowfast(x: Tensor, slow_frames: int = 10, slow_pool: tuple[int, int] = (1, 
              fast_grid: tuple[int, int] = (4, 4), *, backend: str = "auto") -> Tensor:
     """SlowFast-LLaVA: slow = `slow_frames` frames at int(linspace(0, T, n + 1))[:-1] with
     max-pooled (1, 2) windows (MaxPool1d(2) over raster tokens); fast = every frame
-    adaptive-avg-pooled to `fast_grid`. x [B, T, H, W, D] -> [B, slow + fast tokens, D]."""
+    adaptive-avg-pooled to `fast_grid`. x [B, T, H, W, D] -> [B, slow + fast tokens, D].
+    For odd W the seed's MaxPool1d pairs tokens across rows; here border windows shrink instead
+    (the two agree for even W, e.g. the seed's 24 x 24)."""
     views = [View(frames=Uniform(slow_frames), spatial=tuple(slow_pool), mode="max"),
              View(spatial=Adaptive(*fast_grid))]
     return pool(x, views, backend=backend).tokens
@@ -43,7 +46,8 @@ def slowfast(x: Tensor, slow_frames: int = 10, slow_pool: tuple[int, int] = (1, 
 
 def video_chatgpt(x: Tensor, *, backend: str = "auto") -> Tensor:
     """Video-ChatGPT: T per-frame spatial means, then H * W per-location temporal means.
-    x [B, T, H, W, D] -> [B, T + H * W, D]."""
+    x [B, T, H, W, D] -> [B, T + H * W, D]. The seed also zero-pads the T frame tokens to 100
+    rows when T < 100; pad the result yourself if a model expects that fixed length."""
     return pool(x, [View(spatial="mean"), View(temporal="mean")], backend=backend).tokens
 
 
