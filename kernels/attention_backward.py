@@ -1,6 +1,6 @@
 """Varlen attention backward (FlashAttention-2 scheme) with GQA, causal and frame ranges.
 
-With P = softmax(S), S = scale * q k^T (masked), delta_i = sum_d dO_i * O_i:
+With P = softmax(S), S = scale * q k^T (masked), delta_i = sum_d dO_i * O_i - dlse_i:
   dV = P^T dO,  dS = P * (dO V^T - delta),  dK = scale * dS^T Q,  dQ = scale * dS K.
 Two kernels, no atomics: one program per (BLOCK_N keys, sequence, key/value head) accumulates
 dK and dV over every query head of its group (the GQA reduction) and every query block that can
@@ -145,9 +145,11 @@ def _attention_bwd_dq_kernel(
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                   cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
                   max_seqlen_k: int, causal: bool, scale: float, tokens_per_frame: int,
-                  q_frame_range: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                  q_frame_range: Tensor | None, grad_lse: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Launcher: (dq, dk, dv) like (q, k, v). q, k, v, out, grad_out are made contiguous so that
-    q/out/grad_out and k/v share strides."""
+    q/out/grad_out and k/v share strides. `grad_lse` [Hq, total_q] (the gradient of lse, or
+    None) enters only through delta."""
     q, k, v, out = (t.contiguous() for t in (q, k, v, out))
     grad_out = grad_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -155,7 +157,8 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     if batch == 0 or (q.numel() == 0 and k.numel() == 0):
         return dq, dk.zero_(), dv.zero_()
     # delta_i = <dO_i, O_i>, the softmax-Jacobian term shared by both kernels: [Hq, total_q]
-    delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1).t()
+    delta = (delta if grad_lse is None else delta - grad_lse.float()).contiguous()
     lse = lse.float().contiguous()
     has_range = q_frame_range is not None
     common = dict(

@@ -131,6 +131,60 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, **kw), inputs)
 
 
+def test_gradcheck_through_lse():
+    # lse feeds merge_attention_states and losses: its gradient must reach q and k, also for
+    # rows that see no key (lse = -inf there, no gradient) and when out is unused.
+    (q, k, v), kw = make_case([3, 2], [4, 5], heads_q=2, heads_kv=1, dim=4, causal=True,
+                              tokens_per_frame=2, dtype=torch.float64)
+    kw["q_frame_range"][:] = torch.tensor([[1, 1], [0, 2], [1, 3], [0, 1], [0, 3]])  # 1 empty
+
+    def finite_lse(q, k, v, with_out):
+        out, lse = attention(q, k, v, return_lse=True, **kw)
+        lse = lse.masked_fill(torch.isneginf(lse), 0)
+        return (out, lse) if with_out else lse
+
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    assert finite_lse(*inputs, False).count_nonzero() == 8  # all but the empty row's 2 heads
+    for with_out in (True, False):
+        assert torch.autograd.gradcheck(lambda *x: finite_lse(*x, with_out), inputs)
+
+
+def test_split_keys_merge_gradients_equal_full_attention(device):
+    # Gradients flow through both shards' lse into merge_attention_states: the merged result's
+    # gradients equal those of unsplit attention (context parallelism relies on this).
+    (q, k, v), kw = make_case([6, 4], [10, 7], heads_q=2, heads_kv=1, dim=16, device=device)
+    cu_k = kw["cu_seqlens_k"].tolist()
+    shards = [(torch.cat([torch.arange(a, a + 3) for a in cu_k[:-1]]), [0, 3, 6]),
+              (torch.cat([torch.arange(a + 3, b) for a, b in zip(cu_k, cu_k[1:])]), [0, 7, 11])]
+    grad = torch.randn(q.shape, device=device)
+    grads = []
+    for split in (False, True):
+        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        if split:
+            halves = [attention(inputs[0], inputs[1][idx.to(device)], inputs[2][idx.to(device)],
+                                cu_seqlens_k=torch.tensor(cu, dtype=torch.int32, device=device),
+                                return_lse=True, **{n: kw[n] for n in (
+                                    "cu_seqlens_q", "max_seqlen_q", "max_seqlen_k")})
+                      for idx, cu in shards]
+            out, _ = merge_attention_states(*halves[0], *halves[1])
+        else:
+            out = attention(*inputs, **kw)
+        out.backward(grad)
+        grads.append([t.grad for t in inputs])
+    assert_close(grads[1], grads[0])
+
+
+def test_kernel_backward_with_lse_gradient(triton_device):
+    (q, k, v), kw = make_case([5, 9], [7, 12], 2, 1, 32, causal=True, tokens_per_frame=3,
+                              device=triton_device)
+    args = launcher_args(kw, 32)
+    out, lse = attention_fwd(q, k, v, *args)
+    grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
+    grad_lse = grad_lse.masked_fill(torch.isneginf(lse), 0)
+    assert_close(attention_bwd(grad_out, q, k, v, out, lse, *args, grad_lse),
+                 reference.attention_backward(grad_out, q, k, v, out, lse, *args, grad_lse))
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck(requires_grad):
     (q, k, v), kw = make_case([3, 5], [4, 6], tokens_per_frame=2)

@@ -45,7 +45,8 @@ def attention(
         return_lse: also return lse, float32 [Hq, total_q] ([B, Hq, Lq] for batched inputs).
         backend: "auto" or "torch" (the reference).
     Returns:
-        out like q (and lse). Differentiable in q, k, v.
+        out like q (and lse). Both are differentiable in q, k, v (lse's gradient is what
+        split-key attention merged by `merge_attention_states` needs).
     Backends: CUDA -> kernels/attention.py + kernels/attention_backward.py (Triton); CPU ->
     reference (per-sequence blocks, never a [total_q, total_k] matrix).
     """
@@ -156,11 +157,11 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                         lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                         max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
-                        tokens_per_frame: int, q_frame_range: Tensor | None
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+                        tokens_per_frame: int, q_frame_range: Tensor | None,
+                        grad_lse: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     return reference.attention_backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                         max_seqlen_q, max_seqlen_k, causal, scale,
-                                        tokens_per_frame, q_frame_range)
+                                        tokens_per_frame, q_frame_range, grad_lse)
 
 
 @_attention_backward.register_fake
@@ -172,12 +173,16 @@ def _setup_context(ctx, inputs, output) -> None:
     q, k, v, cu_q, cu_k, *scalars, q_frame_range = inputs
     ctx.save_for_backward(q, k, v, *output, cu_q, cu_k, q_frame_range)
     ctx.scalars = scalars  # max_seqlen_q, max_seqlen_k, causal, scale, tokens_per_frame
+    ctx.set_materialize_grads(False)  # an unused lse (the common case) costs nothing
 
 
-def _backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
     q, k, v, out, lse, cu_q, cu_k, q_frame_range = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k,
-                                     *ctx.scalars, q_frame_range)
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    if grad_lse is not None:  # rows that saw no key have lse = -inf and no gradient to pass on
+        grad_lse = grad_lse.masked_fill(torch.isneginf(lse), 0).contiguous()
+    dq, dk, dv = _attention_backward(grad_out, q, k, v, out, lse, cu_q, cu_k, *ctx.scalars,
+                                     q_frame_range, grad_lse)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 

@@ -86,13 +86,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                        lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                        max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
-                       tokens_per_frame: int, q_frame_range: Tensor | None
-                       ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) of `attention`'s out (lse is not differentiated, as in flash-attn).
+                       tokens_per_frame: int, q_frame_range: Tensor | None,
+                       grad_lse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of `attention` given the gradients of out and (optionally) of lse.
 
-    With P the probabilities and delta_i = sum_d dO_i O_i: dV = P^T dO, dS = P (dO V^T - delta),
-    dQ = scale dS K, dK = scale dS^T Q; key/value gradients are summed over each GQA group.
-    `lse` is unused: the reference recomputes P.
+    With P the probabilities and delta_i = sum_d dO_i O_i - dlse_i: dV = P^T dO,
+    dS = P (dO V^T - delta), dQ = scale dS K, dK = scale dS^T Q; key/value gradients are summed
+    over each GQA group. (d lse_i / d S_ij = P_ij, so lse's gradient only shifts delta; rows that
+    see no key have P = 0 and get none.) `lse` is unused: the reference recomputes P.
     """
     compute = torch.promote_types(q.dtype, torch.float32)
     group = q.shape[1] // k.shape[1]
@@ -100,6 +101,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
     dk = torch.zeros((k.shape[0], q.shape[1], k.shape[2]), dtype=compute, device=q.device)
     dv = torch.zeros_like(dk)
     g_out, o = grad_out.to(compute), out.to(compute)
+    g_lse = None if grad_lse is None else grad_lse.to(compute)
     for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
         keys = k[k0:k1].to(compute).repeat_interleave(group, dim=1)  # [Lk, Hq, d]
         values = v[k0:k1].to(compute).repeat_interleave(group, dim=1)
@@ -108,6 +110,8 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
             probs, _ = _chunk_probs(q, keys, q0, q1, c0, c1, k1 - k0, causal, scale,
                                     tokens_per_frame, q_frame_range)
             delta = (g_out[c0:c1] * o[c0:c1]).sum(-1).t()  # [Hq, rows]
+            if g_lse is not None:
+                delta = delta - g_lse[:, c0:c1]
             dprobs = torch.einsum("qhd,khd->hqk", g_out[c0:c1], values)
             dscores = probs * (dprobs - delta[..., None])
             dv[k0:k1] += torch.einsum("hqk,qhd->khd", probs, g_out[c0:c1])
