@@ -54,6 +54,26 @@ def test_cpu_twin_matches_plan_reference_max_bitwise():
     assert_exact(fast[is_max], ref[is_max])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_twin_schedule_any_thread_count(threads):
+    # The C++ twin splits frame blocks into per-thread ranges and combines the partials of tokens
+    # that cross ranges; explicit frames out of order and repeated make runs within a block.
+    x = torch.randn(37, 3, 4, 40)
+    views = [View(temporal="mean"), View(temporal="mean", mode="max", spatial="mean"),
+             View(frames=(6, 2, 2, 7, 0), temporal=2, spatial=(2, 2)),
+             View(frames=Uniform(5), spatial=(1, 2), mode="max"), View(temporal=3)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = pool(x, views, num_frames=[29, 8]).tokens
+    finally:
+        torch.set_num_threads(previous)
+    ref = pool(x, views, num_frames=[29, 8], backend="torch").tokens
+    assert_close(fast, ref)
+    is_max = lower_views(views, [29, 8], 3, 4)[0][:, 6] == 1
+    assert_exact(fast[is_max], ref[is_max])
+
+
 def test_ragged_batch_metadata():
     x = torch.randn(5, 4, 4, 8)
     views = [View(spatial=(2, 2)), View(temporal="mean", spatial="mean")]

@@ -39,6 +39,26 @@ VIDCORE_HD int64_t pool_window_row(const int64_t* plan, const int64_t* frame_tab
   return (frame * height + row) * width + col;
 }
 
+// Calls visit(input_row) for every cell of the plan row's box that lies in `frame`, rows then
+// columns (scan order), with loops instead of the divisions of pool_window_row.
+template <typename Visit>
+VIDCORE_HD void pool_for_each_cell_in_frame(const int64_t* plan, int64_t frame, int64_t height,
+                                            int64_t width, Visit&& visit) {
+  for (int64_t r = plan[kRowBegin]; r < plan[kRowEnd]; ++r) {
+    const int64_t first = (frame * height + r) * width;
+    for (int64_t c = plan[kColBegin]; c < plan[kColEnd]; ++c) visit(first + c);
+  }
+}
+
+// Calls visit(input_row) for every cell of the box in scan order: cell k is pool_window_row(k).
+template <typename Visit>
+VIDCORE_HD void pool_for_each_cell(const int64_t* plan, const int64_t* frame_table,
+                                   int64_t height, int64_t width, Visit&& visit) {
+  for (int64_t s = plan[kFrameBegin]; s < plan[kFrameEnd]; ++s) {
+    pool_for_each_cell_in_frame(plan, frame_table[s], height, width, visit);
+  }
+}
+
 // Running max that propagates NaN, like torch.max_pool: true when `value` replaces `acc`.
 template <typename Acc>
 VIDCORE_HD bool pool_max_takes(Acc acc, Acc value) {

@@ -1,0 +1,144 @@
+// How the CPU twin of pool (csrc/cpu/pool.cpp) walks its input: frame blocks in memory order,
+// every token that reads a block served while the block is cached, so the input is streamed
+// from memory once whatever the views (a per-token gather streams it once per view).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "vidcore/pool.h"
+
+namespace vidcore {
+namespace pool_cpu_schedule {
+
+// Frames per block: a visit adds up to this many frames of a token at once, so a temporal mean
+// reads and writes its partial sum once per block instead of once per frame.
+constexpr int64_t kBlockFrames = 4;
+// A block's channel slice should stay in L2 (1-2 MiB per core) between the tokens that read it.
+constexpr int64_t kBlockSliceBytes = int64_t(64) << 20;
+
+// A visit = token `token` reading its frame slots [slot_begin, slot_end) (a maximal run of
+// consecutive slots in one block). Visits are grouped by block in input order, tokens ascending
+// within a block: visits of block b are [begin[b], begin[b + 1]).
+struct Visits {
+  std::vector<int64_t> begin, token, slot_begin, slot_end;
+  int64_t blocks() const { return static_cast<int64_t>(begin.size()) - 1; }
+};
+
+inline Visits visits_by_block(const int64_t* plan, int64_t num_tokens,
+                              const int64_t* frame_table) {
+  int64_t frames = 0;
+  for (int64_t j = 0; j < num_tokens; ++j) {
+    const int64_t* row = plan + j * kPoolPlanColumns;
+    for (int64_t s = row[kFrameBegin]; s < row[kFrameEnd]; ++s) {
+      frames = std::max(frames, frame_table[s] + 1);
+    }
+  }
+  const int64_t blocks = (frames + kBlockFrames - 1) / kBlockFrames;
+  // Runs of each token, in token order; then a stable counting sort of the runs by block.
+  std::vector<int64_t> run_token, run_begin, run_end;
+  for (int64_t j = 0; j < num_tokens; ++j) {
+    const int64_t* row = plan + j * kPoolPlanColumns;
+    for (int64_t s = row[kFrameBegin]; s < row[kFrameEnd];) {
+      const int64_t block = frame_table[s] / kBlockFrames;
+      int64_t e = s + 1;
+      while (e < row[kFrameEnd] && frame_table[e] / kBlockFrames == block) ++e;
+      run_token.push_back(j), run_begin.push_back(s), run_end.push_back(e);
+      s = e;
+    }
+  }
+  Visits visits;
+  visits.begin.assign(blocks + 1, 0);
+  for (int64_t s : run_begin) ++visits.begin[frame_table[s] / kBlockFrames + 1];
+  for (int64_t b = 0; b < blocks; ++b) visits.begin[b + 1] += visits.begin[b];
+  const size_t runs = run_token.size();
+  visits.token.resize(runs), visits.slot_begin.resize(runs), visits.slot_end.resize(runs);
+  std::vector<int64_t> next(visits.begin.begin(), visits.begin.end() - 1);
+  for (size_t i = 0; i < runs; ++i) {
+    const int64_t v = next[frame_table[run_begin[i]] / kBlockFrames]++;
+    visits.token[v] = run_token[i], visits.slot_begin[v] = run_begin[i];
+    visits.slot_end[v] = run_end[i];
+  }
+  return visits;
+}
+
+// Work items: contiguous block ranges (balanced by cells read), each walked by one thread in
+// memory order like a streaming reduction, times channel chunks when there are fewer blocks
+// than threads or a block's slice would not stay in L2.
+struct Partition {
+  std::vector<int64_t> range_begin;  // [ranges + 1] block bounds
+  std::vector<int64_t> range_of;     // range of each block
+  int64_t chunk = 0, chunks = 0;     // channels per chunk, number of chunks
+
+  int64_t ranges() const { return static_cast<int64_t>(range_begin.size()) - 1; }
+  int64_t items() const { return ranges() * chunks; }
+};
+
+inline Partition partition(const Visits& visits, const int64_t* plan, int64_t height,
+                           int64_t width, int64_t channels, int64_t item_size,
+                           int64_t threads) {
+  const int64_t blocks = visits.blocks();
+  std::vector<int64_t> work(blocks + 1, 0);  // cells read before each block
+  for (int64_t b = 0; b < blocks; ++b) {
+    work[b + 1] = work[b];
+    for (int64_t v = visits.begin[b]; v < visits.begin[b + 1]; ++v) {
+      const int64_t* row = plan + visits.token[v] * kPoolPlanColumns;
+      work[b + 1] += (visits.slot_end[v] - visits.slot_begin[v]) *
+                     (row[kRowEnd] - row[kRowBegin]) * (row[kColEnd] - row[kColBegin]);
+    }
+  }
+  Partition part;
+  const int64_t ranges = std::max<int64_t>(1, std::min(threads, blocks));
+  part.range_begin.assign(ranges + 1, blocks);
+  part.range_of.resize(blocks);
+  for (int64_t r = 0, b = 0; r < ranges; ++r) {
+    part.range_begin[r] = b;
+    while (b < blocks && (r == ranges - 1 || work[b + 1] * ranges <= work[blocks] * (r + 1))) {
+      part.range_of[b++] = r;
+    }
+  }
+  const int64_t by_threads = (threads + ranges - 1) / ranges;
+  const int64_t block_bytes = kBlockFrames * height * width * channels * item_size;
+  const int64_t by_cache = (block_bytes + kBlockSliceBytes - 1) / kBlockSliceBytes;
+  const int64_t wanted = std::max<int64_t>(1, std::max(by_threads, by_cache));
+  part.chunk = std::max<int64_t>(16, ((channels + wanted - 1) / wanted + 15) / 16 * 16);
+  part.chunks = (channels + part.chunk - 1) / part.chunk;
+  return part;
+}
+
+// Partial sums (or maxima) of the tokens visited more than once by a work item, from their
+// first visit to their last; slots are reused, so memory follows the tokens in flight.
+template <typename Acc>
+struct LiveTokens {
+  int64_t width = 0;
+  std::vector<Acc> values;
+  std::vector<int64_t> free_slots;
+  std::vector<int64_t> slot_of, visits_left;  // per token; slot -1 = none
+
+  LiveTokens() = default;
+  LiveTokens(int64_t num_tokens, int64_t width)
+      : width(width), slot_of(num_tokens, -1), visits_left(num_tokens, 0) {}
+
+  Acc* start(int64_t token) {
+    int64_t slot;
+    if (free_slots.empty()) {
+      slot = static_cast<int64_t>(values.size()) / width;
+      values.resize(values.size() + width);
+    } else {
+      slot = free_slots.back();
+      free_slots.pop_back();
+    }
+    slot_of[token] = slot;
+    return values.data() + slot * width;
+  }
+  Acc* find(int64_t token) { return values.data() + slot_of[token] * width; }
+  bool last_visit(int64_t token) { return --visits_left[token] == 0; }
+  void release(int64_t token) {
+    free_slots.push_back(slot_of[token]);
+    slot_of[token] = -1;
+  }
+};
+
+}  // namespace pool_cpu_schedule
+}  // namespace vidcore
