@@ -1,17 +1,21 @@
 // Global-local pooling on the GPU: one launch for every view of a batch. A block owns one output
-// token and a chunk of channels; each thread walks the token's window (vidcore/pool.h) reading
-// one channel per cell, so a warp reads 32 consecutive channels of an input row per step.
+// token (grid-stride over tokens) and a slice of channels. Its threads form lanes x groups: a lane
+// holds kVec consecutive channels (one 16-byte load per cell for aligned rows), and the groups
+// walk the token's cells k = group, group + groups, ... in parallel, so a temporal mean over
+// hundreds of frames is not one thread's serial loop. Group partials meet in shared memory and
+// are combined in group order: results are deterministic.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "vidcore/pool.h"
 
 namespace vidcore {
 namespace {
 
-constexpr int kPoolThreads = 128;
+constexpr int kPoolThreads = 256;
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -28,7 +32,12 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-template <typename T>
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+template <typename T, int kVec>
 __global__ void __launch_bounds__(kPoolThreads)
 pool_kernel(const T* __restrict__ x,                 // frames x H x W x D
             const int64_t* __restrict__ plan,        // num_tokens x kPoolPlanColumns
@@ -36,24 +45,59 @@ pool_kernel(const T* __restrict__ x,                 // frames x H x W x D
             const int64_t* __restrict__ frame_table, // frames named by the plan's slices
             int64_t height, int64_t width, int64_t channels,
             T* __restrict__ out) {                   // num_tokens x D
-  const int64_t d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (d >= channels) return;
+  extern __shared__ float partial[];                 // [groups][lanes * kVec]
+  const int lane = threadIdx.x, group = threadIdx.y;
+  const int lanes = blockDim.x, groups = blockDim.y;
+  const int64_t d = (int64_t(blockIdx.y) * lanes + lane) * kVec;
+  const bool active = d < channels;  // channels % kVec == 0 when kVec > 1
+  float* mine = partial + (group * lanes + lane) * kVec;
   for (int64_t j = blockIdx.x; j < num_tokens; j += gridDim.x) {
     const int64_t* row = plan + j * kPoolPlanColumns;
     const bool is_max = row[kPoolMode] == kPoolMax;
     const int64_t cells = pool_window_size(row);
-    float acc = is_max ? -INFINITY : 0.0f;
-    for (int64_t k = 0; k < cells; ++k) {
-      const float value =
-          to_float(x[pool_window_row(row, frame_table, height, width, k) * channels + d]);
-      acc = is_max ? pool_max(acc, value) : acc + value;
+    float acc[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) acc[i] = is_max ? -INFINITY : 0.0f;
+    if (active) {
+      for (int64_t k = group; k < cells; k += groups) {
+        const int64_t cell = pool_window_row(row, frame_table, height, width, k);
+        const Pack<T, kVec> values =
+            *reinterpret_cast<const Pack<T, kVec>*>(x + cell * channels + d);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const float v = to_float(values.v[i]);
+          acc[i] = is_max ? pool_max(acc[i], v) : acc[i] + v;
+        }
+      }
     }
-    out[j * channels + d] = from_float<T>(is_max ? acc : acc / float(cells));
+    if (groups > 1) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) mine[i] = acc[i];
+      __syncthreads();
+      if (group == 0) {
+        for (int g = 1; g < groups; ++g) {
+          const float* theirs = partial + (g * lanes + lane) * kVec;
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) {
+            acc[i] = is_max ? pool_max(acc[i], theirs[i]) : acc[i] + theirs[i];
+          }
+        }
+      }
+      __syncthreads();  // the next token reuses `partial`
+    }
+    if (group == 0 && active) {
+      Pack<T, kVec> result;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        result.v[i] = from_float<T>(is_max ? acc[i] : acc[i] / float(cells));
+      }
+      *reinterpret_cast<Pack<T, kVec>*>(out + j * channels + d) = result;
+    }
   }
 }
 
-// Same block layout as the forward; overlapping windows of different views meet in grad_x, so
-// contributions are added atomically in fp32.
+// One block per token and 256 channels, one channel per thread; overlapping windows of different
+// views meet in grad_x, so contributions are added atomically in fp32.
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
 pool_backward_kernel(const T* __restrict__ grad,        // num_tokens x D
@@ -91,12 +135,34 @@ dim3 pool_grid(int64_t num_tokens, int64_t channels) {
               unsigned((channels + kPoolThreads - 1) / kPoolThreads));
 }
 
+template <typename T, int kVec>
+void launch_vec(const T* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
+                int64_t height, int64_t width, int64_t channels, T* out, cudaStream_t stream) {
+  // Lanes cover the channels (a multiple of a warp, at most the block); the rest of the block's
+  // threads become groups sharing the cells.
+  const int64_t packs = (channels + kVec - 1) / kVec;
+  const int lanes = int(std::min<int64_t>((packs + 31) / 32 * 32, kPoolThreads));
+  const dim3 block(lanes, kPoolThreads / lanes);
+  const dim3 grid(unsigned(std::min<int64_t>(num_tokens, 1 << 30)),
+                  unsigned((packs + lanes - 1) / lanes));
+  const size_t shared = sizeof(float) * kVec * kPoolThreads;
+  pool_kernel<T, kVec><<<grid, block, shared, stream>>>(x, plan, num_tokens, frame_table, height,
+                                                       width, channels, out);
+}
+
 template <typename T>
 void launch(const void* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
             int64_t height, int64_t width, int64_t channels, void* out, cudaStream_t stream) {
-  pool_kernel<T><<<pool_grid(num_tokens, channels), kPoolThreads, 0, stream>>>(static_cast<const T*>(x), plan, num_tokens,
-                                                    frame_table, height, width, channels,
-                                                    static_cast<T*>(out));
+  constexpr int kVec = 16 / sizeof(T);
+  const T* in = static_cast<const T*>(x);
+  T* dst = static_cast<T*>(out);
+  const bool aligned = channels % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  if (aligned) {
+    launch_vec<T, kVec>(in, plan, num_tokens, frame_table, height, width, channels, dst, stream);
+  } else {
+    launch_vec<T, 1>(in, plan, num_tokens, frame_table, height, width, channels, dst, stream);
+  }
 }
 
 template <typename T>

@@ -30,12 +30,15 @@ VIDCORE_HD int64_t pool_window_size(const int64_t* plan) {
          (plan[kColEnd] - plan[kColBegin]);
 }
 
-// Input row (of x viewed as [frames * H * W, D]) of cell k of the plan row's box.
+// Input row (of x viewed as [frames * H * W, D]) of cell k of the plan row's box. A box holds
+// fewer than 2^32 cells, so the divisions are 32-bit (several times cheaper on a GPU).
 VIDCORE_HD int64_t pool_window_row(const int64_t* plan, const int64_t* frame_table, int64_t height,
                                    int64_t width, int64_t k) {
-  const int64_t rows = plan[kRowEnd] - plan[kRowBegin], cols = plan[kColEnd] - plan[kColBegin];
-  const int64_t frame = frame_table[plan[kFrameBegin] + k / (rows * cols)];
-  const int64_t row = plan[kRowBegin] + (k / cols) % rows, col = plan[kColBegin] + k % cols;
+  const auto rows = static_cast<uint32_t>(plan[kRowEnd] - plan[kRowBegin]);
+  const auto cols = static_cast<uint32_t>(plan[kColEnd] - plan[kColBegin]);
+  const auto cell = static_cast<uint32_t>(k), in_frame = cell % (rows * cols);
+  const int64_t frame = frame_table[plan[kFrameBegin] + cell / (rows * cols)];
+  const int64_t row = plan[kRowBegin] + in_frame / cols, col = plan[kColBegin] + in_frame % cols;
   return (frame * height + row) * width + col;
 }
 
