@@ -40,17 +40,41 @@ def _sequences(cu_seqlens_q: Tensor, cu_seqlens_k: Tensor):
     return zip(cu_q, cu_q[1:], cu_k, cu_k[1:])
 
 
+def _by_kv_head(t: Tensor, heads_kv: int, compute: torch.dtype) -> Tensor:
+    """[L, Hq, d] rows -> [Hk, group * L, d]: each key/value head with its query heads' rows
+    stacked (query head h reads key/value head h // group), so GQA needs no repeated keys."""
+    rows, heads, dim = t.shape
+    return t.to(compute).view(rows, heads_kv, heads // heads_kv, dim).permute(1, 2, 0, 3) \
+        .reshape(heads_kv, -1, dim)
+
+
+def _from_kv_head(t: Tensor, heads_q: int) -> Tensor:
+    """Inverse of _by_kv_head: [Hk, group * L, d] -> [L, Hq, d]."""
+    heads_kv, _, dim = t.shape
+    return t.view(heads_kv, heads_q // heads_kv, -1, dim).permute(2, 0, 1, 3).reshape(-1, heads_q,
+                                                                                  dim)
+
+
 def _chunk_probs(q: Tensor, keys: Tensor, q0: int, q1: int, c0: int, c1: int, num_k: int,
                  causal: bool, scale: float, tokens_per_frame: int,
                  q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities [Hq, c1 - c0, Lk] of query rows c0:c1 (0 where masked) and their
-    lse [Hq, c1 - c0] (-inf for rows that see no key)."""
-    rows = torch.arange(c0 - q0, c1 - q0, device=q.device)
-    visible = visible_keys(q1 - q0, num_k, q0, rows, causal, tokens_per_frame, q_frame_range)
-    scores = torch.einsum("qhd,khd->hqk", q[c0:c1].to(keys.dtype), keys) * scale
-    row_lse = torch.logsumexp(scores.masked_fill(~visible, -math.inf), dim=-1)
-    probs = torch.exp(scores - row_lse[..., None]).masked_fill(~visible, 0.0)
-    return probs, row_lse
+    """Softmax probabilities [Hk, group * (c1 - c0), Lk] of query rows c0:c1 (0 where masked;
+    rows grouped as in _by_kv_head) and their lse [Hq, c1 - c0] (-inf for rows that see no
+    key). keys: [Hk, Lk, d]."""
+    heads_kv = keys.shape[0]
+    scores = torch.bmm(_by_kv_head(q[c0:c1], heads_kv, keys.dtype), keys.transpose(1, 2))
+    scores *= scale
+    if causal or q_frame_range is not None:
+        rows = torch.arange(c0 - q0, c1 - q0, device=q.device)
+        visible = visible_keys(q1 - q0, num_k, q0, rows, causal, tokens_per_frame, q_frame_range)
+        scores.masked_fill_(~visible.repeat(scores.shape[1] // len(rows), 1), -math.inf)
+    # In place, one pass each: max, exp(s - max), sum, normalise (the [.., Lk] block dominates).
+    row_max = scores.amax(-1, keepdim=True).nan_to_num_(neginf=0.0)  # 0 for rows that see none
+    probs = scores.sub_(row_max).exp_()  # masked keys: exp(-inf) = 0
+    row_sum = probs.sum(-1, keepdim=True)
+    row_lse = (row_max + row_sum.log()).squeeze(-1)  # log(0) = -inf for rows that see none
+    probs /= torch.where(row_sum > 0, row_sum, 1.0)
+    return probs, row_lse.view(q.shape[1], c1 - c0)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
@@ -69,17 +93,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_
         out [total_q, Hq, d] (dtype of q) and lse [Hq, total_q] float32 (natural log).
     """
     compute = torch.promote_types(q.dtype, torch.float32)
-    group = q.shape[1] // k.shape[1]
+    heads_q = q.shape[1]
     out = torch.zeros(q.shape, dtype=compute, device=q.device)
-    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=compute, device=q.device)
+    lse = torch.full((heads_q, q.shape[0]), -math.inf, dtype=compute, device=q.device)
     for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
-        keys = k[k0:k1].to(compute).repeat_interleave(group, dim=1)  # [Lk, Hq, d]
-        values = v[k0:k1].to(compute).repeat_interleave(group, dim=1)
+        if k1 == k0:  # no keys: out 0, lse -inf
+            continue
+        keys = k[k0:k1].to(compute).transpose(0, 1)  # [Hk, Lk, d]
+        values = v[k0:k1].to(compute).transpose(0, 1)
         for c0 in range(q0, q1, _QUERY_CHUNK):
             c1 = min(c0 + _QUERY_CHUNK, q1)
             probs, lse[:, c0:c1] = _chunk_probs(q, keys, q0, q1, c0, c1, k1 - k0, causal, scale,
                                                 tokens_per_frame, q_frame_range)
-            out[c0:c1] = torch.einsum("hqk,khd->qhd", probs, values)
+            out[c0:c1] = _from_kv_head(torch.bmm(probs, values), heads_q)
     return out.to(q.dtype), lse
 
 
@@ -96,29 +122,29 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
     see no key have P = 0 and get none.) `lse` is unused: the reference recomputes P.
     """
     compute = torch.promote_types(q.dtype, torch.float32)
-    group = q.shape[1] // k.shape[1]
+    heads_q, heads_kv = q.shape[1], k.shape[1]
     dq = torch.zeros(q.shape, dtype=compute, device=q.device)
-    dk = torch.zeros((k.shape[0], q.shape[1], k.shape[2]), dtype=compute, device=q.device)
+    dk = torch.zeros(k.shape, dtype=compute, device=q.device)
     dv = torch.zeros_like(dk)
     g_out, o = grad_out.to(compute), out.to(compute)
-    g_lse = None if grad_lse is None else grad_lse.to(compute)
+    delta = (g_out * o).sum(-1).t()  # [Hq, total_q]
+    if grad_lse is not None:
+        delta = delta - grad_lse.to(compute)
     for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
-        keys = k[k0:k1].to(compute).repeat_interleave(group, dim=1)  # [Lk, Hq, d]
-        values = v[k0:k1].to(compute).repeat_interleave(group, dim=1)
+        if k1 == k0:  # no keys: no gradients
+            continue
+        keys = k[k0:k1].to(compute).transpose(0, 1)  # [Hk, Lk, d]
+        values = v[k0:k1].to(compute).transpose(0, 1)
         for c0 in range(q0, q1, _QUERY_CHUNK):
             c1 = min(c0 + _QUERY_CHUNK, q1)
             probs, _ = _chunk_probs(q, keys, q0, q1, c0, c1, k1 - k0, causal, scale,
                                     tokens_per_frame, q_frame_range)
-            delta = (g_out[c0:c1] * o[c0:c1]).sum(-1).t()  # [Hq, rows]
-            if g_lse is not None:
-                delta = delta - g_lse[:, c0:c1]
-            dprobs = torch.einsum("qhd,khd->hqk", g_out[c0:c1], values)
-            dscores = probs * (dprobs - delta[..., None])
-            dv[k0:k1] += torch.einsum("hqk,qhd->khd", probs, g_out[c0:c1])
-            dk[k0:k1] += scale * torch.einsum("hqk,qhd->khd", dscores, q[c0:c1].to(compute))
-            dq[c0:c1] = scale * torch.einsum("hqk,khd->qhd", dscores, keys)
-
-    def per_kv_head(grad: Tensor) -> Tensor:  # sum each GQA group of query heads
-        return grad.unflatten(1, (k.shape[1], group)).sum(2).to(k.dtype)
-
-    return dq.to(q.dtype), per_kv_head(dk), per_kv_head(dv)
+            g = _by_kv_head(g_out[c0:c1], heads_kv, compute)  # [Hk, group * rows, d]
+            rows_delta = _by_kv_head(delta[:, c0:c1].t()[..., None], heads_kv, compute)
+            dv[k0:k1] += torch.bmm(probs.transpose(1, 2), g).transpose(0, 1)
+            # scale * dS, in place on the [.., Lk] block
+            dscores = torch.bmm(g, values.transpose(1, 2)).sub_(rows_delta).mul_(probs).mul_(scale)
+            rows_q = _by_kv_head(q[c0:c1], heads_kv, compute)
+            dk[k0:k1] += torch.bmm(dscores.transpose(1, 2), rows_q).transpose(0, 1)
+            dq[c0:c1] = _from_kv_head(torch.bmm(dscores, keys), heads_q)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
