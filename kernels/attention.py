@@ -2,7 +2,8 @@
 
 One program per (BLOCK_M query rows, sequence, query head). Online softmax in the exp2 domain
 over key blocks; the key loop runs only over [lo, hi): the union of what the block's queries can
-see (causal bound and frame ranges), so the cost falls with temporal sparsity.
+see (causal bound and frame ranges), so the cost falls with temporal sparsity. Blocks every
+query sees (below the causal diagonal, inside the ranges' intersection) skip the mask.
 out = softmax(scale * q k^T + mask) v,  lse = logsumexp(scale * q k^T + mask) (natural log).
 """
 from __future__ import annotations
@@ -127,15 +128,66 @@ def _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
 
 
 @triton.jit
+def _unmasked_span(first_row, row_mask, q_len, k_len, start, end, tokens_per_frame, lo, hi,
+                   CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[mid_lo, mid_hi): whole key blocks inside [lo, hi) that every query of the block sees
+    (below the causal bound of its first row, inside the intersection of its ranges). These
+    need no mask; an empty range in the block makes the span empty."""
+    full_lo = 0
+    full_hi = k_len
+    if CAUSAL:
+        full_hi = tl.minimum(full_hi, first_row + 1 + k_len - q_len)
+    if HAS_RANGE:
+        common_start = tl.max(tl.where(row_mask, start, 0))
+        common_end = tl.min(tl.where(row_mask, end, k_len))
+        full_lo = tl.minimum(common_start, k_len) * tokens_per_frame
+        full_hi = tl.minimum(full_hi, tl.minimum(common_end, k_len) * tokens_per_frame)
+    mid_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
+    mid_hi = tl.maximum(tl.minimum(full_hi // BLOCK_N * BLOCK_N, hi), mid_lo)
+    return mid_lo, mid_hi
+
+
+@triton.jit
 def _query_block(range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
                  CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A query block's tile, frame ranges and the key span [lo, hi) its rows can see."""
+    """A query block's tile, frame ranges, the key span [lo, hi) its rows can see and the
+    unmasked part [mid_lo, mid_hi) of it."""
     rows, row_mask, dims, dim_mask = _tile(first_row, q_len, head_dim, BLOCK_M, BLOCK_D)
     start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
     lo, hi = _key_span(rows, row_mask, q_len, k_len, start, end, tokens_per_frame,
                        CAUSAL, HAS_RANGE, BLOCK_N)
-    return rows, row_mask, dims, dim_mask, start, end, lo, hi
+    mid_lo, mid_hi = _unmasked_span(first_row, row_mask, q_len, k_len, start, end,
+                                    tokens_per_frame, lo, hi, CAUSAL, HAS_RANGE, BLOCK_N)
+    return rows, row_mask, dims, dim_mask, start, end, lo, hi, mid_lo, mid_hi
+
+
+@triton.jit
+def _attend(acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, dims, dim_mask, start, end,
+            qk_scale, tokens_per_frame, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+            HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+            BLOCK_N: tl.constexpr):
+    """One online-softmax step over keys key0 : key0 + BLOCK_N (exp2 domain). Unmasked steps
+    skip building the visibility mask (integer divisions for frame ranges)."""
+    cols = key0 + tl.arange(0, BLOCK_N)
+    col_mask = cols < k_len
+    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                   dim_mask, UPCAST)
+    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
+                   dim_mask, UPCAST)
+    scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale  # log2 domain
+    if MASKED:
+        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                           CAUSAL, HAS_RANGE)
+        scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet
+    probs = tl.exp2(scores - safe_max[:, None])
+    rescale = tl.exp2(row_max - safe_max)
+    row_sum = row_sum * rescale + tl.sum(probs, 1)
+    acc = acc * rescale[:, None] + _dot(probs.to(v.dtype), v, DOT_PRECISION)
+    return acc, new_max, row_sum
 
 
 @AUTOTUNE
@@ -156,7 +208,7 @@ def _attention_fwd_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows, row_mask, dims, dim_mask, start, end, lo, hi = _query_block(
+    rows, row_mask, dims, dim_mask, start, end, lo, hi, mid_lo, mid_hi = _query_block(
         range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
         CAUSAL, HAS_RANGE, BLOCK_M, BLOCK_N, BLOCK_D)
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
@@ -165,24 +217,22 @@ def _attention_fwd_kernel(
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for key0 in range(lo, hi, BLOCK_N):
-        cols = key0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < k_len
-        k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                       dim_mask, UPCAST)
-        v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
-                       dim_mask, UPCAST)
-        scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale  # log2 domain
-        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
-                           CAUSAL, HAS_RANGE)
-        scores = tl.where(visible, scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet
-        probs = tl.exp2(scores - safe_max[:, None])
-        rescale = tl.exp2(row_max - safe_max)
-        row_sum = row_sum * rescale + tl.sum(probs, 1)
-        acc = acc * rescale[:, None] + _dot(probs.to(v.dtype), v, DOT_PRECISION)
-        row_max = new_max
+    # Key blocks in order: masked edge blocks, the unmasked middle, masked edge blocks.
+    for key0 in range(lo, mid_lo, BLOCK_N):
+        acc, row_max, row_sum = _attend(
+            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, dims, dim_mask, start, end,
+            qk_scale, tokens_per_frame, True, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
+    for key0 in range(mid_lo, mid_hi, BLOCK_N):
+        acc, row_max, row_sum = _attend(
+            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, dims, dim_mask, start, end,
+            qk_scale, tokens_per_frame, False, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
+    for key0 in range(mid_hi, hi, BLOCK_N):
+        acc, row_max, row_sum = _attend(
+            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, dims, dim_mask, start, end,
+            qk_scale, tokens_per_frame, True, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
 
     has_keys = row_sum > 0
     out = acc / tl.where(has_keys, row_sum, 1.0)[:, None]

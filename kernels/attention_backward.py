@@ -99,6 +99,27 @@ def _attention_bwd_dkdv_kernel(
     tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _dq_step(dq, q, do, lse2, delta, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
+             stride_k_n, stride_k_h, dims, dim_mask, start, end, qk_scale, tokens_per_frame,
+             MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
+             UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq += dS K over keys key0 : key0 + BLOCK_N (unscaled); unmasked steps skip the mask."""
+    cols = key0 + tl.arange(0, BLOCK_N)
+    col_mask = cols < k_len
+    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                   dim_mask, UPCAST)
+    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                   dim_mask, UPCAST)
+    probs = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse2[:, None])
+    if MASKED:
+        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                           CAUSAL, HAS_RANGE)
+        probs = tl.where(visible, probs, 0.0)
+    dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
+    return dq + _dot(dscores.to(k.dtype), k, DOT_PRECISION)
+
+
 @AUTOTUNE
 @triton.jit
 def _attention_bwd_dq_kernel(
@@ -116,7 +137,7 @@ def _attention_bwd_dq_kernel(
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     if first_row >= q_len:
         return
-    rows, row_mask, dims, dim_mask, start, end, lo, hi = _query_block(
+    rows, row_mask, dims, dim_mask, start, end, lo, hi, mid_lo, mid_hi = _query_block(
         range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_per_frame,
         CAUSAL, HAS_RANGE, BLOCK_M, BLOCK_N, BLOCK_D)
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
@@ -125,19 +146,18 @@ def _attention_bwd_dq_kernel(
                     UPCAST)
     lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for key0 in range(lo, hi, BLOCK_N):
-        cols = key0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < k_len
-        k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                       dim_mask, UPCAST)
-        v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                       dim_mask, UPCAST)
-        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
-                           CAUSAL, HAS_RANGE)
-        scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
-        probs = tl.where(visible, tl.exp2(scores - lse2[:, None]), 0.0)
-        dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
-        dq += _dot(dscores.to(k.dtype), k, DOT_PRECISION)
+    for key0 in range(lo, mid_lo, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len,
+                      kv_head, stride_k_n, stride_k_h, dims, dim_mask, start, end, qk_scale,
+                      tokens_per_frame, True, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
+    for key0 in range(mid_lo, mid_hi, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len,
+                      kv_head, stride_k_n, stride_k_h, dims, dim_mask, start, end, qk_scale,
+                      tokens_per_frame, False, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
+    for key0 in range(mid_hi, hi, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len,
+                      kv_head, stride_k_n, stride_k_h, dims, dim_mask, start, end, qk_scale,
+                      tokens_per_frame, True, CAUSAL, HAS_RANGE, UPCAST, DOT_PRECISION, BLOCK_N)
     tl.store(dq_ptr + (q_start + rows)[:, None] * stride_q_n + head * stride_q_h + dims[None, :],
              (dq * scale).to(dq_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
