@@ -163,6 +163,19 @@ def _query_block(range_ptr, q_start, q_len, k_len, first_row, head_dim, tokens_p
 
 
 @triton.jit
+def _key_block(k_ptr, v_ptr, k_start, k_len, key0, kv_head, stride_k_n, stride_k_h, stride_v_n,
+               stride_v_h, dims, dim_mask, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Positions, keys and values of the key block key0 : key0 + BLOCK_N (0 past k_len)."""
+    cols = key0 + tl.arange(0, BLOCK_N)
+    col_mask = cols < k_len
+    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
+                   dim_mask, UPCAST)
+    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
+                   dim_mask, UPCAST)
+    return cols, k, v
+
+
+@triton.jit
 def _attend(acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
             stride_k_n, stride_k_h, stride_v_n, stride_v_h, dims, dim_mask, start, end,
             qk_scale, tokens_per_frame, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
@@ -170,12 +183,8 @@ def _attend(acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, 
             BLOCK_N: tl.constexpr):
     """One online-softmax step over keys key0 : key0 + BLOCK_N (exp2 domain). Unmasked steps
     skip building the visibility mask (integer divisions for frame ranges)."""
-    cols = key0 + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                   dim_mask, UPCAST)
-    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, dims,
-                   dim_mask, UPCAST)
+    cols, k, v = _key_block(k_ptr, v_ptr, k_start, k_len, key0, kv_head, stride_k_n, stride_k_h,
+                            stride_v_n, stride_v_h, dims, dim_mask, UPCAST, BLOCK_N)
     scores = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale  # log2 domain
     if MASKED:
         visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,

@@ -20,6 +20,7 @@ from vidcore.kernels.attention import (
     INTERPRET,
     LOG2E,
     _frame_ranges,
+    _key_block,
     _load_rows,
     _query_block,
     _seq_bounds,
@@ -105,12 +106,8 @@ def _dq_step(dq, q, do, lse2, delta, key0, rows, k_ptr, v_ptr, k_start, k_len, q
              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq += dS K over keys key0 : key0 + BLOCK_N (unscaled); unmasked steps skip the mask."""
-    cols = key0 + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                   dim_mask, UPCAST)
-    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, dims,
-                   dim_mask, UPCAST)
+    cols, k, v = _key_block(k_ptr, v_ptr, k_start, k_len, key0, kv_head, stride_k_n, stride_k_h,
+                            stride_k_n, stride_k_h, dims, dim_mask, UPCAST, BLOCK_N)
     probs = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse2[:, None])
     if MASKED:
         visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
