@@ -25,7 +25,8 @@ SHAPES = {
              *(("causal", 16384 // n, n, n, 16, 128, True, None) for n in (1024, 4096, 16384)),
              ("cross-512x64f", 1, 512, 64 * 256, 16, 128, False, None),
              *((f"frames-{d:.1%}", 1, 64 * 256, 64 * 256, 16, 128, False, d)
-               for d in (0.5, 0.25, 0.125))],
+               for d in (0.5, 0.25, 0.125)),
+             ("long", 1, 65536, 65536, 16, 128, True, None)],  # peak memory: linear in L
 }
 FRAMES = 64
 
@@ -47,12 +48,23 @@ def _visible_mask(len_q, len_k, causal, ranges, tokens_per_frame, device) -> tor
     return mask.to(device)
 
 
+def _visible_pairs(len_q, len_k, causal, ranges, tokens_per_frame) -> int:
+    """Visible (query, key) pairs of one sequence; counted without an L x L mask when dense."""
+    if ranges is not None:
+        return int(_visible_mask(len_q, len_k, causal, ranges, tokens_per_frame, "cpu").sum())
+    if not causal:
+        return len_q * len_k
+    return sum(max(0, min(len_k, i + 1 + len_k - len_q)) for i in range(len_q))
+
+
 def _peers(q, k, v, causal, mask, dense, device) -> dict[str, Callable[[], object]]:
-    """SDPA / FlexAttention / flash-attn on [B, H, L, d] views of the same data."""
+    """SDPA / FlexAttention / flash-attn on [B, H, L, d] views of the same data; `mask` is the
+    materialised visibility (None for dense cases, which pass is_causal instead)."""
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     peers = {}
     if device != "cuda":
-        peers["sdpa_math"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
+        peers["sdpa_math"] = lambda: F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=mask, is_causal=causal and dense)
         return peers
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -70,8 +82,11 @@ def _peers(q, k, v, causal, mask, dense, device) -> dict[str, Callable[[], objec
                   "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
     peers["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
     flex = torch.compile(flex_attention)
-    build = lambda: create_block_mask(lambda b, h, i, j: mask[i, j], None, None,  # noqa: E731
-                                      q.shape[1], k.shape[1], device=device)
+    offset = k.shape[1] - q.shape[1]  # bottom-right causal, as vidcore's
+    mask_mod = ((lambda b, h, i, j: mask[i, j]) if mask is not None
+                else (lambda b, h, i, j: j <= i + offset) if causal else None)
+    build = lambda: create_block_mask(mask_mod, None, None, q.shape[1], k.shape[1],  # noqa: E731
+                                      device=device) if mask_mod else None
     block_mask = build()
     peers |= {"flex": lambda: flex(qt, kt, vt, block_mask=block_mask), "flex_mask_build": build}
     try:
@@ -89,7 +104,7 @@ def cases(size: str, device: str) -> list[BenchCase]:
     result = []
     for name, batch, len_q, len_k, heads, dim, causal, density in SHAPES[size]:
         ranges, tpf = _frame_window(len_q, len_k, density) if density else (None, None)
-        pairs = int(_visible_mask(len_q, len_k, causal, ranges, tpf, "cpu").sum()) * batch
+        pairs = batch * _visible_pairs(len_q, len_k, causal, ranges, tpf)
         shape = {"B": batch, "Lq": len_q, "Lk": len_k, "H": heads, "d": dim, "causal": causal,
                  "density": density, "dense_equivalent_flops": 4 * batch * heads * len_q * len_k * dim}
         for backward in (False, True):
@@ -107,7 +122,7 @@ def _case(name, batch, len_q, len_k, heads, dim, causal, ranges, tpf, dtype, dev
     def build():
         q = torch.randn(batch, len_q, heads, dim, device=device, dtype=dtype)
         k, v = (torch.randn(batch, len_k, heads, dim, device=device, dtype=dtype) for _ in "kv")
-        mask = _visible_mask(len_q, len_k, causal, ranges, tpf, device)
+        mask = None if dense else _visible_mask(len_q, len_k, causal, ranges, tpf, device)
         fns = _peers(q, k, v, causal, mask, dense, device)
         cu_q = torch.arange(0, (batch + 1) * len_q, len_q, dtype=torch.int32, device=device)
         cu_k = torch.arange(0, (batch + 1) * len_k, len_k, dtype=torch.int32, device=device)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BenchCase", "time_provider", "copy_bandwidth_gbps", "synced", "compiled",
-           "run_pytest_benchmark"]
+__all__ = ["BenchCase", "time_provider", "peak_memory_mib", "copy_bandwidth_gbps", "synced",
+           "compiled", "run_pytest_benchmark"]
 
 
 @dataclass
@@ -69,6 +69,19 @@ def time_provider(fn: Callable[[], object], device: str, *, min_time_s: float = 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
+    """Device memory one call allocates beyond what is live before it (its workspace and
+    outputs), in MiB: what "memory linear in sequence length" is checked with. None on CPU."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:

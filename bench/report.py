@@ -12,22 +12,25 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def print_rows(rows: list[dict[str, object]]) -> None:
-    """One table per case: provider, kernel, time, GB/s, TFLOP/s, share of copy bandwidth and
-    speedup over the case's baseline."""
+    """One table per case: provider, kernel, time, GB/s, TFLOP/s, share of copy bandwidth,
+    speedup over the case's baseline and (on CUDA) the memory one call allocates."""
     from rich.console import Console
     from rich.table import Table
 
     first = rows[0]
     table = Table(title=f"{first['op']} {first['case']} {first['dtype']}  "
                         f"(speedup vs {first['baseline']})", title_justify="left")
-    for column in ("provider", "kernel", "median us", "GB/s", "TFLOP/s", "% of copy", "speedup"):
+    columns = ["provider", "kernel", "median us", "GB/s", "TFLOP/s", "% of copy", "speedup"]
+    with_memory = any(row.get("peak_mib") is not None for row in rows)
+    for column in columns + ["peak MiB"] * with_memory:
         table.add_column(column, justify="left" if column in ("provider", "kernel") else "right")
     for row in rows:
         fraction = row["fraction_of_copy"]
-        table.add_row(str(row["provider"]), str(row["kernel"]), _fmt(row["median_us"], ".1f"),
-                      _fmt(row["gbps"], ".1f"), _fmt(row["tflops"], ".1f"),
-                      _fmt(None if fraction is None else 100 * fraction, ".0f"),
-                      _fmt(row["speedup"], ".2f") + "x")
+        cells = [str(row["provider"]), str(row["kernel"]), _fmt(row["median_us"], ".1f"),
+                 _fmt(row["gbps"], ".1f"), _fmt(row["tflops"], ".1f"),
+                 _fmt(None if fraction is None else 100 * fraction, ".0f"),
+                 _fmt(row["speedup"], ".2f") + "x"]
+        table.add_row(*cells, *[_fmt(row.get("peak_mib"), ".0f")] * with_memory)
     Console(width=120).print(table)
 
 

@@ -18,7 +18,13 @@ import torch
 
 import vidcore
 from vidcore import bench
-from vidcore.bench.harness import BenchCase, copy_bandwidth_gbps, synced, time_provider
+from vidcore.bench.harness import (
+    BenchCase,
+    copy_bandwidth_gbps,
+    peak_memory_mib,
+    synced,
+    time_provider,
+)
 from vidcore.info import backend_status
 
 __all__ = ["available_ops", "run"]
@@ -38,6 +44,7 @@ def _time_case(case: BenchCase, device: str, kernels: dict[str, str],
                copy_gbps: float | None) -> list[dict[str, object]]:
     fns = case.build()
     seconds = {name: time_provider(synced(fns[name], device), device) for name in case.providers}
+    peaks = {name: peak_memory_mib(fns[name], device) for name in case.providers}
     del fns
     gc.collect()
     if device == "cuda":
@@ -53,6 +60,7 @@ def _time_case(case: BenchCase, device: str, kernels: dict[str, str],
             "tflops": case.flops / sec / 1e12 if case.flops else None,
             "fraction_of_copy": gbps / copy_gbps if gbps and copy_gbps else None,
             "speedup": seconds[case.baseline] / sec, "baseline": case.baseline,
+            "peak_mib": peaks[name],
         })
     return rows
 
