@@ -16,6 +16,7 @@ namespace vidcore {
 namespace {
 
 constexpr int kPoolThreads = 256;
+constexpr int kPoolMaxLanes = 64;
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -59,6 +60,7 @@ pool_kernel(const T* __restrict__ x,                 // frames x H x W x D
 #pragma unroll
     for (int i = 0; i < kVec; ++i) acc[i] = is_max ? -INFINITY : 0.0f;
     if (active) {
+#pragma unroll 4  // independent loads in flight per thread
       for (int64_t k = group; k < cells; k += groups) {
         const int64_t cell = pool_window_row(row, frame_table, height, width, k);
         const Pack<T, kVec> values =
@@ -138,10 +140,11 @@ dim3 pool_grid(int64_t num_tokens, int64_t channels) {
 template <typename T, int kVec>
 void launch_vec(const T* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
                 int64_t height, int64_t width, int64_t channels, T* out, cudaStream_t stream) {
-  // Lanes cover the channels (a multiple of a warp, at most the block); the rest of the block's
-  // threads become groups sharing the cells.
+  // Lanes cover up to 64 packs of channels (a multiple of a warp); the rest of the block's
+  // threads, at least 4 groups, share the cells, so even a 4096-channel temporal mean over
+  // 2048 frames is split 4 ways per block (wider rows take more blocks along y instead).
   const int64_t packs = (channels + kVec - 1) / kVec;
-  const int lanes = int(std::min<int64_t>((packs + 31) / 32 * 32, kPoolThreads));
+  const int lanes = int(std::min<int64_t>((packs + 31) / 32 * 32, kPoolMaxLanes));
   const dim3 block(lanes, kPoolThreads / lanes);
   const dim3 grid(unsigned(std::min<int64_t>(num_tokens, 1 << 30)),
                   unsigned((packs + lanes - 1) / lanes));
