@@ -38,9 +38,7 @@ inline void prefetch_ahead(const T* cell, int64_t channels, int64_t n) {
 // to four cells per pass cut the loads and stores of acc so that the loop keeps up with memory;
 // the mode test stays outside the channel loops so that they vectorise.
 template <typename T, typename Acc>
-void add_cells(const T* const* cells, int count, int64_t channels, int64_t n, bool is_max,
-               Acc* __restrict__ acc) {
-  for (int i = 0; i < count; ++i) prefetch_ahead(cells[i], channels, n);
+void add_cells(const T* const* cells, int count, int64_t n, bool is_max, Acc* __restrict__ acc) {
   if (count == 4) {
     const T* __restrict__ a = cells[0];
     const T* __restrict__ b = cells[1];
@@ -76,11 +74,45 @@ void accumulate_visit(const T* x, const int64_t* row, const int64_t* frame_table
   int count = 0;
   for (int64_t s = s0; s < s1; ++s) {
     pool_for_each_cell_in_frame(row, frame_table[s], height, width, [&](int64_t cell) {
-      cells[count++] = x + cell * channels + d0;
-      if (count == 4) add_cells(cells, count, channels, n, is_max, acc), count = 0;
+      cells[count] = x + cell * channels + d0;
+      prefetch_ahead(cells[count++], channels, n);
+      if (count == 4) add_cells(cells, count, n, is_max, acc), count = 0;
     });
   }
-  add_cells(cells, count, channels, n, is_max, acc);
+  add_cells(cells, count, n, is_max, acc);
+}
+
+// Consecutive visits that can run as one: tokens j, j + 1, ... of single-cell boxes at
+// consecutive cells of the same frames (a temporal mean's tokens, one per grid location), whose
+// partial results sit in consecutive slots. Together they read one contiguous span per frame,
+// which the hardware prefetcher streams like a plain reduction, instead of one cell at a time.
+constexpr int64_t kMaxRun = 256;
+
+inline bool single_cell(const int64_t* row) {
+  return row[kRowEnd] - row[kRowBegin] == 1 && row[kColEnd] - row[kColBegin] == 1;
+}
+
+template <typename Acc>
+int64_t coalesced_run(const Visits& visits, int64_t v, int64_t v_end, const int64_t* plan,
+                      const int64_t* frame_table, int64_t width, const LiveTokens<Acc>& live) {
+  const int64_t j = visits.token[v], s0 = visits.slot_begin[v];
+  const int64_t frames = visits.slot_end[v] - s0;
+  const int64_t* row = plan + j * kPoolPlanColumns;
+  const int64_t cell = row[kRowBegin] * width + row[kColBegin];
+  const int64_t count = std::min(kMaxRun, v_end - v);
+  int64_t m = 1;
+  for (; m < count; ++m) {
+    const int64_t* next = plan + (j + m) * kPoolPlanColumns;
+    const int64_t t0 = visits.slot_begin[v + m];
+    bool same = visits.token[v + m] == j + m && visits.slot_end[v + m] - t0 == frames &&
+                single_cell(next) && next[kPoolMode] == row[kPoolMode] &&
+                next[kRowBegin] * width + next[kColBegin] == cell + m &&
+                (live.slot_of[j + m] < 0) == (live.slot_of[j] < 0) &&
+                (live.slot_of[j] < 0 || live.slot_of[j + m] == live.slot_of[j] + m);
+    for (int64_t i = 0; same && i < frames; ++i) same = frame_table[t0 + i] == frame_table[s0 + i];
+    if (!same) break;
+  }
+  return m;
 }
 
 template <typename T, typename Acc>
@@ -143,6 +175,32 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
           continue;
         }
         const bool is_max = row[kPoolMode] == kPoolMax;
+        const int64_t run = !whole && live.width == channels && single_cell(row)
+            ? coalesced_run(visits, v, v1, plan, frame_table, width, live) : 1;
+        if (run > 1) {
+          const bool first_visit = live.slot_of[j] < 0;
+          Acc* acc = first_visit ? live.start_run(j, run) : live.find(j);
+          if (first_visit) {
+            std::fill(acc, acc + run * n, is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
+          }
+          const int64_t cell = row[kRowBegin] * width + row[kColBegin];
+          const T* frames[4];  // the run's span in up to 4 frames at a time
+          int count = 0;
+          for (int64_t s = s0; s < s1; ++s) {
+            frames[count++] = x + ((frame_table[s] * height * width) + cell) * channels;
+            if (count == 4) add_cells(frames, count, run * n, is_max, acc), count = 0;
+          }
+          add_cells(frames, count, run * n, is_max, acc);
+          for (int64_t i = 0; i < run; ++i) {
+            if (live.last_visit(j + i) && visit_range[j + i] >= 0) {
+              finish_token(plan + (j + i) * kPoolPlanColumns, acc + i * n, n,
+                           out + (j + i) * channels);
+              live.release(j + i);
+            }
+          }
+          v += run - 1;
+          continue;
+        }
         Acc* acc;
         if (whole || live.slot_of[j] < 0) {  // the token's first visit here
           acc = whole ? once.data() : live.start(j);

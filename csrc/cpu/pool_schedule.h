@@ -102,7 +102,9 @@ inline Partition partition(const Visits& visits, const int64_t* plan, int64_t he
   const int64_t block_bytes = kBlockFrames * height * width * channels * item_size;
   const int64_t by_cache = (block_bytes + kBlockSliceBytes - 1) / kBlockSliceBytes;
   const int64_t wanted = std::max<int64_t>(1, std::max(by_threads, by_cache));
-  part.chunk = std::max<int64_t>(16, ((channels + wanted - 1) / wanted + 15) / 16 * 16);
+  // One chunk: whole rows (coalesced visits need slot width == channels); else multiples of 16.
+  part.chunk = wanted == 1 ? std::max<int64_t>(channels, 1)
+                           : std::max<int64_t>(16, ((channels + wanted - 1) / wanted + 15) / 16 * 16);
   part.chunks = (channels + part.chunk - 1) / part.chunk;
   return part;
 }
@@ -130,6 +132,14 @@ struct LiveTokens {
       free_slots.pop_back();
     }
     slot_of[token] = slot;
+    return values.data() + slot * width;
+  }
+  // Slots for tokens first, ..., first + count - 1, consecutive so that their partial results
+  // form one contiguous span (see pool_tokens' coalesced visits).
+  Acc* start_run(int64_t first, int64_t count) {
+    const int64_t slot = static_cast<int64_t>(values.size()) / width;
+    values.resize(values.size() + count * width);
+    for (int64_t i = 0; i < count; ++i) slot_of[first + i] = slot + i;
     return values.data() + slot * width;
   }
   Acc* find(int64_t token) { return values.data() + slot_of[token] * width; }

@@ -57,9 +57,11 @@ def test_cpu_twin_matches_plan_reference_max_bitwise():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_twin_schedule_any_thread_count(threads):
     # The C++ twin splits frame blocks into per-thread ranges and combines the partials of tokens
-    # that cross ranges; explicit frames out of order and repeated make runs within a block.
+    # that cross ranges; explicit frames out of order and repeated make runs within a block;
+    # back-to-back temporal means must not be coalesced into one span across views.
     x = torch.randn(37, 3, 4, 40)
-    views = [View(temporal="mean"), View(temporal="mean", mode="max", spatial="mean"),
+    views = [View(temporal="mean"), View(temporal="mean"),
+             View(temporal="mean", mode="max", spatial="mean"),
              View(frames=(6, 2, 2, 7, 0), temporal=2, spatial=(2, 2)),
              View(frames=Uniform(5), spatial=(1, 2), mode="max"), View(temporal=3)]
     previous = torch.get_num_threads()
