@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BenchCase", "time_provider", "peak_memory_mib", "copy_bandwidth_gbps", "synced",
+__all__ = ["BenchCase", "time_provider", "time_providers", "peak_memory_mib", "copy_bandwidth_gbps", "synced",
            "compiled", "run_pytest_benchmark"]
 
 
@@ -69,6 +69,30 @@ def time_provider(fn: Callable[[], object], device: str, *, min_time_s: float = 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def time_providers(fns: dict[str, Callable[[], object]], device: str, *,
+                   min_time_s: float = 0.2, min_reps: int = 5, max_reps: int = 1000
+                   ) -> dict[str, float]:
+    """Median seconds per call of each provider. On CPU the providers take turns, one call each
+    per round, so that a machine whose speed drifts (shared VMs vary up to 2x within seconds)
+    slows every provider alike and their ratios hold; on CUDA each is timed by do_bench."""
+    if device == "cuda":
+        return {name: time_provider(fn, device) for name, fn in fns.items()}
+    for fn in fns.values():
+        fn()  # warm-up: compilation, allocator, caches
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        reps = len(next(iter(times.values())))
+        elapsed = time.perf_counter() - start
+        if reps >= max_reps or (reps >= min_reps and elapsed >= min_time_s * len(fns)):
+            break
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:

@@ -23,7 +23,7 @@ from vidcore.bench.harness import (
     copy_bandwidth_gbps,
     peak_memory_mib,
     synced,
-    time_provider,
+    time_providers,
 )
 from vidcore.info import backend_status
 
@@ -43,7 +43,7 @@ def _cases(op: str, size: str, device: str) -> list[BenchCase]:
 def _time_case(case: BenchCase, device: str, kernels: dict[str, str],
                copy_gbps: float | None) -> list[dict[str, object]]:
     fns = case.build()
-    seconds = {name: time_provider(synced(fns[name], device), device) for name in case.providers}
+    seconds = time_providers({name: synced(fns[name], device) for name in case.providers}, device)
     peaks = {name: peak_memory_mib(fns[name], device) for name in case.providers}
     del fns
     gc.collect()
