@@ -5,7 +5,7 @@ With P = softmax(S), S = scale * q k^T (masked), delta_i = sum_d dO_i * O_i - dl
 Two kernels, no atomics: one program per (BLOCK_N keys, sequence, key/value head) accumulates
 dK and dV over every query head of its group (the GQA reduction) and every query block that can
 see its keys; one program per (BLOCK_M queries, sequence, query head) accumulates dQ over the
-key span the forward visited.
+key span the forward visited. Blocks every query sees skip the mask, as in the forward.
 """
 from __future__ import annotations
 
@@ -39,6 +39,28 @@ def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(delta_ptr + head * stride_l_h + q_start + rows, mask=row_mask, other=0.0)
     return lse2, delta
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, cols, rows, row_mask, start, end, head, q_ptr, do_ptr, lse_ptr,
+               delta_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h, dims,
+               dim_mask, qk_scale, tokens_per_frame, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_RANGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dv += P^T dO and dk += dS^T Q (unscaled) from the query rows `rows` of one head."""
+    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims, dim_mask,
+                   UPCAST)
+    do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims,
+                    dim_mask, UPCAST)
+    lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
+    probs = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse2[:, None])
+    if MASKED:
+        visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
+                           CAUSAL, HAS_RANGE)
+        probs = tl.where(visible, probs, 0.0)
+    dv += _dot(tl.trans(probs).to(do.dtype), do, DOT_PRECISION)
+    dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
+    dk += _dot(tl.trans(dscores).to(q.dtype), q, DOT_PRECISION)
+    return dk, dv
 
 
 @AUTOTUNE
@@ -81,19 +103,28 @@ def _attention_bwd_dkdv_kernel(
                 overlaps = (tl.max(tl.where(nonempty, end, 0)) > first_frame) & (
                     tl.min(tl.where(nonempty, start, last_frame + 1)) <= last_frame)
             if overlaps:
-                q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, dims,
-                               dim_mask, UPCAST)
-                do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h,
-                                dims, dim_mask, UPCAST)
-                lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows,
-                                         row_mask)
-                visible = _visible(rows, cols, q_len, k_len, start, end, tokens_per_frame,
-                                   CAUSAL, HAS_RANGE)
-                probs = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse2[:, None])
-                probs = tl.where(visible, probs, 0.0)
-                dv += _dot(tl.trans(probs).to(do.dtype), do, DOT_PRECISION)
-                dscores = probs * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
-                dk += _dot(tl.trans(dscores).to(q.dtype), q, DOT_PRECISION)
+                # Query blocks that see every key here (all rows' ranges contain the key block,
+                # all rows below the causal diagonal) skip the visibility mask.
+                full = first_col + BLOCK_N <= k_len
+                if CAUSAL:
+                    full &= first_col + BLOCK_N - 1 <= row0 + k_len - q_len
+                if HAS_RANGE:
+                    common_start = tl.max(tl.where(row_mask, start, 0))
+                    common_end = tl.minimum(tl.min(tl.where(row_mask, end, k_len)), k_len)
+                    full &= (common_start * tokens_per_frame <= first_col) & (
+                        first_col + BLOCK_N <= common_end * tokens_per_frame)
+                if full:
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, cols, rows, row_mask, start, end, head, q_ptr, do_ptr,
+                        lse_ptr, delta_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h,
+                        stride_l_h, dims, dim_mask, qk_scale, tokens_per_frame, False, CAUSAL,
+                        HAS_RANGE, UPCAST, DOT_PRECISION)
+                else:
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, cols, rows, row_mask, start, end, head, q_ptr, do_ptr,
+                        lse_ptr, delta_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h,
+                        stride_l_h, dims, dim_mask, qk_scale, tokens_per_frame, True, CAUSAL,
+                        HAS_RANGE, UPCAST, DOT_PRECISION)
     offs = (k_start + cols)[:, None] * stride_k_n + kv_head * stride_k_h + dims[None, :]
     mask = col_mask[:, None] & dim_mask[None, :]
     tl.store(dk_ptr + offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=mask)
