@@ -215,6 +215,21 @@ def test_compile():
     assert_close(compiled(q, k, v), attention(q, k, v, **kw) * 2)
 
 
+def test_compile_backward_through_out_and_lse():
+    (q, k, v), kw = make_case([3, 5], [4, 6], causal=True)
+
+    def loss(q, k, v):
+        out, lse = attention(q, k, v, return_lse=True, **kw)
+        return out.square().sum() + lse.exp().sum()
+
+    grads = []
+    for fn in (loss, torch.compile(loss, fullgraph=True)):
+        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        fn(*inputs).backward()
+        grads.append([t.grad for t in inputs])
+    assert_close(grads[1], grads[0])
+
+
 @pytest.mark.parametrize("change, error, message", [
     (dict(k=torch.randn(5, 3, 32), v=torch.randn(5, 3, 32)), ValueError,
      r"the number of query heads \(2\) must be a multiple of"),
