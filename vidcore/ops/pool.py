@@ -58,14 +58,14 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
     # Under torch.compile the lowering is traced (and baked into the graph) instead of cached.
     lower = _plan.__wrapped__ if torch.compiler.is_compiling() else _plan
     views = tuple(_hashable(i, v) for i, v in enumerate(views))
-    plan, table, meta, cu_seqlens, max_seqlen = lower(views, tuple(frames), height, width,
-                                                      x.device)
+    plan, table, per_token, cu_seqlens, max_seqlen = lower(views, tuple(frames), height, width,
+                                                           x.device)
     rows = x.reshape(-1, height, width, x.shape[-1])
     fn = reference.pool if backend == "torch" else _pool
     tokens = fn(rows if rows.is_contiguous() else rows.contiguous(), plan, table)
     if x.dim() == 5:
         tokens = tokens.view(x.shape[0], -1, x.shape[-1])
-    return PooledTokens(tokens, cu_seqlens, max_seqlen, *meta.unbind(1))
+    return PooledTokens(tokens, cu_seqlens, max_seqlen, *per_token)
 
 
 def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
@@ -85,6 +85,8 @@ def _hashable(index: int, view: View) -> View:
     if not isinstance(view, View):
         raise TypeError(f"{_OP}: views[{index}] must be a View, got {type(view).__name__}")
     frames, spatial = view.frames, view.spatial
+    if isinstance(frames, (str, Uniform, SegmentCentres)) and not isinstance(spatial, list):
+        return view  # already hashable: skip the copy (this runs on every call)
     if not isinstance(frames, (str, Uniform, SegmentCentres)):
         frames = tuple(int(f) for f in frames)
     if isinstance(spatial, list):
@@ -94,7 +96,7 @@ def _hashable(index: int, view: View) -> View:
 
 @functools.lru_cache(maxsize=64)
 def _plan(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: int,
-          device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+          device: torch.device) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, int]:
     """Checked views lowered to device tensors, once per (views, frame counts, grid, device):
     repeated calls (every training step) skip the host work and the host-to-device copies, and
     a cached call issues no copy at all (it can run inside CUDA-graph capture)."""
@@ -103,8 +105,8 @@ def _plan(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: 
     if plan.shape[0] == 0:
         raise ValueError(f"{_OP}: views yield no tokens for num_frames {list(frames)}")
     cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-    return (plan.to(device), table.to(device), meta.to(device), cu_seqlens.to(device),
-            max(lengths))
+    per_token = meta.to(device).unbind(1)  # frame_index, row, col, view
+    return plan.to(device), table.to(device), per_token, cu_seqlens.to(device), max(lengths)
 
 
 def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[int]:
