@@ -8,9 +8,10 @@ SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/includ
 
 .PHONY: demo test test-slow bench clean
 
+# The demo's results go to build/bench (ignored): bench/results holds curated snapshots only.
 demo: $(VENV)/.built
 	$(VENV)/bin/vidcore info
-	$(VENV)/bin/vidcore bench --size small
+	$(VENV)/bin/vidcore bench --size small --out build/bench
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests bench -m "not slow" --benchmark-disable -q
