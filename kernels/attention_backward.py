@@ -25,6 +25,7 @@ from vidcore.kernels.attention import (
     _query_block,
     _seq_bounds,
     _tile,
+    _unmasked_span,
     _visible,
     dot_precision,
 )
@@ -103,17 +104,12 @@ def _attention_bwd_dkdv_kernel(
                 overlaps = (tl.max(tl.where(nonempty, end, 0)) > first_frame) & (
                     tl.min(tl.where(nonempty, start, last_frame + 1)) <= last_frame)
             if overlaps:
-                # Query blocks that see every key here (all rows' ranges contain the key block,
-                # all rows below the causal diagonal) skip the visibility mask.
-                full = first_col + BLOCK_N <= k_len
-                if CAUSAL:
-                    full &= first_col + BLOCK_N - 1 <= row0 + k_len - q_len
-                if HAS_RANGE:
-                    common_start = tl.max(tl.where(row_mask, start, 0))
-                    common_end = tl.minimum(tl.min(tl.where(row_mask, end, k_len)), k_len)
-                    full &= (common_start * tokens_per_frame <= first_col) & (
-                        first_col + BLOCK_N <= common_end * tokens_per_frame)
-                if full:
+                # Query blocks that see every key here skip the visibility mask: the key block
+                # is then the forward's unmasked span of this query block, clipped to it.
+                mid_lo, mid_hi = _unmasked_span(row0, row_mask, q_len, k_len, start, end,
+                                                tokens_per_frame, first_col, first_col + BLOCK_N,
+                                                CAUSAL, HAS_RANGE, BLOCK_N)
+                if mid_hi - mid_lo == BLOCK_N:
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, cols, rows, row_mask, start, end, head, q_ptr, do_ptr,
                         lse_ptr, delta_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h,
