@@ -135,8 +135,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
                  int64_t height, int64_t width, int64_t channels, T* out) {
   const Visits visits = pool_cpu_schedule::visits_by_block(plan, num_tokens, frame_table);
   const int64_t threads = at::get_num_threads();
-  const Partition part = pool_cpu_schedule::partition(visits, plan, height, width, channels,
-                                                      sizeof(T), threads);
+  const Partition part = pool_cpu_schedule::partition(visits, plan, channels, threads);
   std::vector<int64_t> visit_range(num_tokens, -1);  // the range of a token's visits, or -2
   for (int64_t b = 0; b < visits.blocks(); ++b) {
     for (int64_t v = visits.begin[b]; v < visits.begin[b + 1]; ++v) {
@@ -245,18 +244,14 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
   }
 }
 
-// Channels per backward work item: enough items for every thread.
-int64_t channel_chunk(int64_t channels, int64_t threads) {
-  const int64_t per_thread = (channels + threads - 1) / threads;
-  return std::clamp<int64_t>((per_thread + 15) / 16 * 16, 16, 1024);
-}
-
 // Threads own channel slices, so overlapping windows of different views never race.
 template <typename T, typename Acc>
 void pool_backward_tokens(const T* grad, const T* x, const int64_t* plan, int64_t num_tokens,
                           const int64_t* frame_table, int64_t height, int64_t width,
                           int64_t channels, Acc* grad_x) {
-  const int64_t chunk = channel_chunk(channels, at::get_num_threads());
+  // Enough channel slices for every thread, at most 1024 channels each.
+  const int64_t chunk =
+      std::min<int64_t>(pool_cpu_schedule::channel_slice(channels, at::get_num_threads()), 1024);
   at::parallel_for(0, (channels + chunk - 1) / chunk, 1, [&](int64_t item0, int64_t item1) {
     std::vector<Acc> share(chunk), best(chunk);
     std::vector<int64_t> best_row(chunk);

@@ -13,10 +13,15 @@ namespace vidcore {
 namespace pool_cpu_schedule {
 
 // Frames per block: a visit adds up to this many frames of a token at once, so a temporal mean
-// reads and writes its partial sum once per block instead of once per frame.
+// reads and writes its partial sum once per block instead of once per frame (2 and 8 measured
+// no better on the Video-ChatGPT shape).
 constexpr int64_t kBlockFrames = 4;
-// A block's channel slice should stay in L2 (1-2 MiB per core) between the tokens that read it.
-constexpr int64_t kBlockSliceBytes = int64_t(64) << 20;
+
+// Channels per slice when `channels` is split `parts` ways: multiples of 16 (whole cache lines
+// of fp32 partial sums), at least 16.
+inline int64_t channel_slice(int64_t channels, int64_t parts) {
+  return std::max<int64_t>(16, ((channels + parts - 1) / parts + 15) / 16 * 16);
+}
 
 // A visit = token `token` reading its frame slots [slot_begin, slot_end) (a maximal run of
 // consecutive slots in one block). Visits are grouped by block in input order, tokens ascending
@@ -65,7 +70,8 @@ inline Visits visits_by_block(const int64_t* plan, int64_t num_tokens,
 
 // Work items: contiguous block ranges (balanced by cells read), each walked by one thread in
 // memory order like a streaming reduction, times channel chunks when there are fewer blocks
-// than threads or a block's slice would not stay in L2.
+// than threads. (Chunking channels to keep a block in L2 was measured slower: a thread reading
+// part of every cell makes the L2 streamer fetch the rest.)
 struct Partition {
   std::vector<int64_t> range_begin;  // [ranges + 1] block bounds
   std::vector<int64_t> range_of;     // range of each block
@@ -75,8 +81,7 @@ struct Partition {
   int64_t items() const { return ranges() * chunks; }
 };
 
-inline Partition partition(const Visits& visits, const int64_t* plan, int64_t height,
-                           int64_t width, int64_t channels, int64_t item_size,
+inline Partition partition(const Visits& visits, const int64_t* plan, int64_t channels,
                            int64_t threads) {
   const int64_t blocks = visits.blocks();
   std::vector<int64_t> work(blocks + 1, 0);  // cells read before each block
@@ -98,13 +103,9 @@ inline Partition partition(const Visits& visits, const int64_t* plan, int64_t he
       part.range_of[b++] = r;
     }
   }
-  const int64_t by_threads = (threads + ranges - 1) / ranges;
-  const int64_t block_bytes = kBlockFrames * height * width * channels * item_size;
-  const int64_t by_cache = (block_bytes + kBlockSliceBytes - 1) / kBlockSliceBytes;
-  const int64_t wanted = std::max<int64_t>(1, std::max(by_threads, by_cache));
-  // One chunk: whole rows (coalesced visits need slot width == channels); else multiples of 16.
-  part.chunk = wanted == 1 ? std::max<int64_t>(channels, 1)
-                           : std::max<int64_t>(16, ((channels + wanted - 1) / wanted + 15) / 16 * 16);
+  const int64_t wanted = (threads + ranges - 1) / ranges;  // chunks per range
+  // One chunk: whole rows (coalesced visits need slot width == channels).
+  part.chunk = wanted <= 1 ? std::max<int64_t>(channels, 1) : channel_slice(channels, wanted);
   part.chunks = (channels + part.chunk - 1) / part.chunk;
   return part;
 }
