@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BenchCase", "time_provider", "time_providers", "peak_memory_mib", "copy_bandwidth_gbps", "synced",
-           "compiled", "run_pytest_benchmark"]
+__all__ = ["BenchCase", "time_provider", "time_providers", "peak_memory_mib",
+           "copy_bandwidth_gbps", "synced", "compiled", "run_pytest_benchmark"]
 
 
 @dataclass
@@ -53,44 +53,42 @@ def compiled(fn: Callable[..., object]) -> Callable[..., object]:
     return torch.compile(fn, dynamic=False)
 
 
+def _do_bench_cuda(fn: Callable[[], object]) -> float:
+    """Median seconds per call by triton.testing.do_bench (CUDA events, L2 flushed between
+    runs, after warm-up)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+
+
 def time_provider(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2,
                   min_reps: int = 5, max_reps: int = 1000) -> float:
-    """Median seconds per call after warm-up. CUDA: triton.testing.do_bench (CUDA events,
-    L2 flushed between runs); CPU: perf_counter over repeated calls."""
+    """Median seconds per call after warm-up (see time_providers)."""
     if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    fn()  # warm-up: compilation, allocator, caches
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return _do_bench_cuda(fn)
+    return time_providers({"fn": fn}, device, min_time_s=min_time_s, min_reps=min_reps,
+                          max_reps=max_reps)["fn"]
 
 
 def time_providers(fns: dict[str, Callable[[], object]], device: str, *,
                    min_time_s: float = 0.2, min_reps: int = 5, max_reps: int = 1000
                    ) -> dict[str, float]:
-    """Median seconds per call of each provider. On CPU the providers take turns, one call each
-    per round, so that a machine whose speed drifts (shared VMs vary up to 2x within seconds)
-    slows every provider alike and their ratios hold; on CUDA each is timed by do_bench."""
+    """Median seconds per call of each provider. On CPU (perf_counter) the providers take turns,
+    one call each per round, so that a machine whose speed drifts (shared VMs vary up to 2x
+    within seconds) slows every provider alike and their ratios hold; on CUDA each is timed by
+    do_bench."""
     if device == "cuda":
-        return {name: time_provider(fn, device) for name, fn in fns.items()}
+        return {name: _do_bench_cuda(fn) for name, fn in fns.items()}
     for fn in fns.values():
         fn()  # warm-up: compilation, allocator, caches
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while True:
+    for reps in range(1, max_reps + 1):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-        reps = len(next(iter(times.values())))
-        elapsed = time.perf_counter() - start
-        if reps >= max_reps or (reps >= min_reps and elapsed >= min_time_s * len(fns)):
+        if reps >= min_reps and time.perf_counter() - start >= min_time_s * len(fns):
             break
     return {name: statistics.median(t) for name, t in times.items()}
 

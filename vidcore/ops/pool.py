@@ -85,12 +85,12 @@ def _hashable(index: int, view: View) -> View:
     if not isinstance(view, View):
         raise TypeError(f"{_OP}: views[{index}] must be a View, got {type(view).__name__}")
     frames, spatial = view.frames, view.spatial
-    if isinstance(frames, (str, Uniform, SegmentCentres)) and not isinstance(spatial, list):
-        return view  # already hashable: skip the copy (this runs on every call)
     if not isinstance(frames, (str, Uniform, SegmentCentres)):
         frames = tuple(int(f) for f in frames)
     if isinstance(spatial, list):
         spatial = tuple(spatial)
+    if frames is view.frames and spatial is view.spatial:
+        return view  # already hashable: no copy on this per-call path
     return dataclasses.replace(view, frames=frames, spatial=spatial)
 
 
