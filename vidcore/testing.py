@@ -5,6 +5,9 @@ float32 (or float64) reference with the per-dtype tolerance below.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,6 +20,8 @@ __all__ = [
     "assert_no_worse_than_torch",
     "assert_matches_reference",
     "opcheck",
+    "run_isolated",
+    "assert_raises_cleanly",
 ]
 
 # Against a reference computed in float32 (float64 for float64 inputs).
@@ -80,3 +85,37 @@ def opcheck(op: Callable[..., object], args: tuple, kwargs: dict | None = None) 
     report = torch.library.opcheck(op, args, kwargs or {})
     failed = {k: v for k, v in report.items() if v != "SUCCESS"}
     assert not failed, f"opcheck failed: {failed}"
+
+
+def run_isolated(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (so a crash in a kernel cannot take the caller down)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+_RAISE_PROBE = """
+import torch, vidcore
+try:
+    {call}
+except BaseException as e:  # noqa: BLE001  every Python exception is an acceptable outcome
+    print("RAISED", type(e).__name__, str(e).splitlines()[0] if str(e) else "", sep="|")
+else:
+    print("RETURNED")
+"""
+
+
+def assert_raises_cleanly(call: str, match: str | None = None,
+                          timeout: float = 300) -> tuple[str, str]:
+    """Run one statement (e.g. a direct `torch.ops.vidcore.pack(...)` call) in a subprocess and
+    require that it raise a Python exception: never return, never die by a signal or abort.
+    `match`, if given, must occur in the exception's first line. Returns (type name, message).
+    """
+    result = run_isolated(_RAISE_PROBE.format(call=call), timeout=timeout)
+    assert result.returncode == 0, (
+        f"`{call}` killed the interpreter (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert last.startswith("RAISED|"), f"`{call}` returned without raising: {result.stdout!r}"
+    _, name, message = last.split("|", 2)
+    assert match is None or match in message, f"`{call}` raised {name}: {message!r}, " \
+        f"expected a message containing {match!r}"
+    return name, message
