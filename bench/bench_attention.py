@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
 from vidcore.bench.harness import BenchCase, run_pytest_benchmark
+
 from vidcore.ops import attention, window_ranges
 
 # (name, batch, len_q, len_k, heads, head_dim, causal, density of the frame window or None)

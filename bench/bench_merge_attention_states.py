@@ -3,9 +3,9 @@ and two lse, writes one of each)."""
 from __future__ import annotations
 
 import torch
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
 
 from vidcore import reference
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
 from vidcore.ops import merge_attention_states
 
 # (rows, heads, head dim): a long-video shard (64 frames x 256 tokens, 32 heads x 128), a text

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+
 from vidcore.ops import slowfast, st_llm_global_local, video_chatgpt
 
 

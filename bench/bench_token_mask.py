@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-
 from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+
 from vidcore.ops import draw_ratios, make_mask, mask_and_pack, pack
 
 # (B, T, H, W, D): ST-LLM training batch (64 frames of 16 x 16 tokens) and a long video

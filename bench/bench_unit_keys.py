@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
 
 from vidcore import reference
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
 from vidcore.ops import unit_keys
 
 # (videos, units per video): ST-LLM training batch (8 x 64 frames x 256 tokens) and a long video

@@ -15,9 +15,6 @@ import re
 from pathlib import Path
 
 import torch
-
-import vidcore
-from vidcore import bench
 from vidcore.bench.harness import (
     BenchCase,
     copy_bandwidth_gbps,
@@ -25,6 +22,9 @@ from vidcore.bench.harness import (
     synced,
     time_providers,
 )
+
+import vidcore
+from vidcore import bench
 from vidcore.info import backend_status
 
 __all__ = ["available_ops", "run"]

@@ -13,12 +13,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
 from vidcore.kernels.attention import (
     AUTOTUNE,
-    _dot,
     INTERPRET,
     LOG2E,
+    _dot,
     _frame_ranges,
     _key_block,
     _load_rows,

@@ -7,10 +7,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, settings
 
-import vidcore  # noqa: E402
+import vidcore
 
 # CI runs at least 200 examples per property; no deadline (the Triton interpreter is slow).
 settings.register_profile("ci", max_examples=200, deadline=None,

@@ -2,6 +2,7 @@
 import json
 
 from vidcore.bench.runner import available_ops, run
+
 from vidcore.profiler.cli import main
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import platform
-from importlib.metadata import version
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 
 import torch
 

@@ -1,5 +1,6 @@
 """vidcore.ops.attention: varlen + GQA + causal + frame ranges, forward and backward, against
 SDPA with an explicit mask, the reference, and the Triton kernels (interpreter on CPU)."""
+import itertools
 import math
 
 import pytest
@@ -7,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from vidcore import reference
 from vidcore.kernels.attention import attention_fwd
 from vidcore.kernels.attention_backward import attention_bwd
+
+from vidcore import reference
 from vidcore.ops import attention, merge_attention_states
 from vidcore.testing import assert_close, opcheck
 
@@ -128,7 +129,7 @@ def test_split_keys_and_merge_equals_full_attention():
     halves = []
     for part in (0, 1):  # first 3 keys of each sequence, then the rest (one shard is empty-free)
         idx = torch.cat([torch.arange(a, a + 3) if part == 0 else torch.arange(a + 3, b)
-                         for a, b in zip(cu_k, cu_k[1:])])
+                         for a, b in itertools.pairwise(cu_k)])
         lens = [3, 3] if part == 0 else [7, 4]
         cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
         halves.append(attention(q, k[idx], v[idx], cu_seqlens_q=kw["cu_seqlens_q"],
@@ -163,7 +164,7 @@ def test_gradcheck_through_lse():
     inputs = [t.requires_grad_() for t in (q, k, v)]
     assert finite_lse(*inputs, False).count_nonzero() == 8  # all but the empty row's 2 heads
     for with_out in (True, False):
-        assert torch.autograd.gradcheck(lambda *x: finite_lse(*x, with_out), inputs)
+        assert torch.autograd.gradcheck(lambda *x, with_out=with_out: finite_lse(*x, with_out), inputs)
 
 
 def test_split_keys_merge_gradients_equal_full_attention(device):
@@ -172,7 +173,7 @@ def test_split_keys_merge_gradients_equal_full_attention(device):
     (q, k, v), kw = make_case([6, 4], [10, 7], heads_q=2, heads_kv=1, dim=16, device=device)
     cu_k = kw["cu_seqlens_k"].tolist()
     shards = [(torch.cat([torch.arange(a, a + 3) for a in cu_k[:-1]]), [0, 3, 6]),
-              (torch.cat([torch.arange(a + 3, b) for a, b in zip(cu_k, cu_k[1:])]), [0, 7, 11])]
+              (torch.cat([torch.arange(a + 3, b) for a, b in itertools.pairwise(cu_k)]), [0, 7, 11])]
     grad = torch.randn(q.shape, device=device)
     grads = []
     for split in (False, True):
@@ -272,7 +273,7 @@ def test_cuda_forward_backward_match_reference(dtype, dim):
     same_dtype = attention(*(t.detach() for t in inputs), backend="torch", **kw)
     from vidcore.testing import assert_no_worse_than_torch
     assert_no_worse_than_torch(out, same_dtype, ref)
-    for t, r in zip(inputs, ref_inputs):
+    for t, r in zip(inputs, ref_inputs, strict=False):
         assert (t.grad.float() - r.grad).abs().max() < 5e-2
 
 

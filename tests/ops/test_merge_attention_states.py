@@ -5,12 +5,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
-from vidcore import reference
 from vidcore.kernels.merge_attention_states import (
     merge_attention_states_bwd,
     merge_attention_states_fwd,
 )
+
+from vidcore import reference
 from vidcore.ops import merge_attention_states
 from vidcore.testing import assert_close, opcheck
 
@@ -27,7 +27,7 @@ def attention_with_lse(q, k, v):
 
 def random_states(shape, dtype=torch.float32, device="cpu", empty_rows=0.0):
     """Two partial states for out `shape` ([.., N, H, d]); a share of lse entries is -inf."""
-    *batch, n, h, d = shape
+    *batch, n, h, _d = shape
     out_a, out_b = (torch.randn(shape, device=device).to(dtype) for _ in range(2))
     lse_a, lse_b = (3 * torch.randn(*batch, h, n, device=device) for _ in range(2))
     for lse in (lse_a, lse_b):

@@ -73,7 +73,7 @@ def test_cpu_twin_matches_reference(frames, size, pattern, block, ratio, device)
 def test_exact_counts(pattern, block):
     frames, (h, w), ratios = [4, 2, 6], (4, 6), [0.1, 0.5, 0.77]
     mask = make_mask(frames, (h, w), ratios, pattern=pattern, block=block, seed=1)
-    for t, r, kept in zip(frames, ratios, mask.kept_per_video):
+    for t, r, kept in zip(frames, ratios, mask.kept_per_video, strict=False):
         units = reference.num_units(pattern, t, h, w, block)
         assert kept == (units - math.floor(r * units + 0.5)) * (t * h * w // units)
     assert mask.cu_seqlens.tolist() == [0, *torch.tensor(mask.kept_per_video).cumsum(0).tolist()]

@@ -1,6 +1,7 @@
 """Cross-modal and varlen attention with temporal frame ranges (DESIGN.md op 3)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -110,10 +111,10 @@ def _check_offsets(name: str, cu: Tensor | None, max_seqlen: int | None, rows: T
     if cu.device.type == "cpu" and not torch.compiler.is_compiling():  # no device sync here
         offsets = cu.tolist()
         if offsets[0] != 0 or offsets[-1] != rows.shape[0] or any(
-                b < a for a, b in zip(offsets, offsets[1:])):
+                b < a for a, b in itertools.pairwise(offsets)):
             raise ValueError(f"{_OP}: {name} must start at 0, be non-decreasing and end at "
                              f"{rows.shape[0]} (the packed length), got {offsets}")
-        longest = max((b - a for a, b in zip(offsets, offsets[1:])), default=0)
+        longest = max((b - a for a, b in itertools.pairwise(offsets)), default=0)
         max_seqlen = longest if max_seqlen is None else max_seqlen
         if max_seqlen < longest:
             raise ValueError(f"{_OP}: max_seqlen for {name} is {max_seqlen} < {longest}")

@@ -13,7 +13,14 @@ from torch import Tensor
 
 from vidcore import reference
 from vidcore.ops._validation import check_backend, check_int, check_tensor
-from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View, lower_views, select_frames
+from vidcore.ops.pool_views import (
+    Adaptive,
+    SegmentCentres,
+    Uniform,
+    View,
+    lower_views,
+    select_frames,
+)
 
 __all__ = ["pool", "PooledTokens", "merge_tokens"]
 

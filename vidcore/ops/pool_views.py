@@ -109,7 +109,7 @@ def lower_views(views: Sequence[View], num_frames: Sequence[int], height: int,
         tokens_b = 0
         for view_id, view in enumerate(views):
             selected = select_frames(view.frames, frames_b)
-            windows, grid_h, grid_w = _windows(view.spatial, height, width)
+            windows, _grid_h, grid_w = _windows(view.spatial, height, width)
             groups = _groups(view.temporal, len(selected))
             if not groups or not windows:
                 continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -164,7 +164,7 @@ def make_mask(
     ratios = _host_ratios(ratio, len(frames))
 
     meta, kept, out_offset, token_offset = [], [], 0, 0
-    for t, r in zip(frames, ratios):
+    for t, r in zip(frames, ratios, strict=False):
         units = reference.num_units(pattern, t, height, width, block)
         if units >= 2**32:
             raise ValueError(f"{_OP}: a video has {units} units; at most 2^32 - 1 are supported")

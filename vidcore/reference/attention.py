@@ -37,7 +37,7 @@ def visible_keys(num_q: int, num_k: int, q_offset: int, rows: Tensor, causal: bo
 def _sequences(cu_seqlens_q: Tensor, cu_seqlens_k: Tensor):
     """(q0, q1, k0, k1) row bounds of every sequence, read on the host."""
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    return zip(cu_q, cu_q[1:], cu_k, cu_k[1:])
+    return zip(cu_q, cu_q[1:], cu_k, cu_k[1:], strict=False)
 
 
 def _by_kv_head(t: Tensor, heads_kv: int, compute: torch.dtype) -> Tensor:
