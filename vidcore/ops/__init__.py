@@ -75,4 +75,10 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "pool_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "interleave_pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "interleave_pack_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "cosine_consistency_loss": {"cuda": ("Triton", "triton")},
+    "cosine_consistency_loss_backward": {"cuda": ("Triton", "triton")},
+    "multi_source_attention": {"cpu": ("aten flash per pair", "torch"),
+                               "cuda": ("Triton", "triton")},
+    "multi_source_attention_backward": {"cpu": ("aten flash per pair", "torch"),
+                                        "cuda": ("Triton", "triton")},
 }

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from vidcore import reference
+from vidcore._backends import TRITON
 from vidcore.ops._validation import check_backend, check_same_shape, check_tensor
 from vidcore.reference.cosine_consistency_loss import loss_dtype
 
@@ -76,3 +77,9 @@ def _backward(ctx, grad: Tensor):
 
 
 _cosine_consistency_loss.register_autograd(_backward, setup_context=_setup_context)
+
+if TRITON is not None:
+    from vidcore.kernels import cosine_consistency_loss as _triton
+
+    _cosine_consistency_loss.register_kernel("cuda")(_triton.cosine_consistency_loss_fwd)
+    _cosine_consistency_loss_backward.register_kernel("cuda")(_triton.cosine_consistency_loss_bwd)

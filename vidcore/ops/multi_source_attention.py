@@ -9,12 +9,18 @@ import torch
 from torch import Tensor
 
 from vidcore import reference
+from vidcore._backends import TRITON
+from vidcore.kernels.multi_source_attention_cpu import (
+    multi_source_attention_cpu_bwd,
+    multi_source_attention_cpu_fwd,
+)
 from vidcore.ops._validation import check_backend, check_tensor
 
 __all__ = ["multi_source_attention"]
 
 _OP = "multi_source_attention"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_HEAD_DIM = 256  # the Triton kernels hold a whole head in one tile
 
 
 def multi_source_attention(
@@ -34,13 +40,15 @@ def multi_source_attention(
     Args:
         queries: A >= 1 tensors [B, H, S_a, d].
         keys, values: M >= 1 tensors each, keys[m] and values[m] both [B, H, S_m, d].
-            B, H, d, dtype (float16, bfloat16, float32, float64) and device shared by all;
-            any strides. Differentiable in all of them.
+            B, H, d <= 256, dtype (float16, bfloat16, float32; float64 on CPU) and device
+            shared by all; any strides. Differentiable in all of them.
         scale: softmax scale, default 1 / sqrt(d).
         backend: "auto" (the device's fast kernel) or "torch" (the reference).
     Returns:
         A tensors [B, H, S_a, d], contiguous, dtype of the inputs.
-    Backends: CUDA -> kernels/multi_source_attention.py (Triton); other devices -> reference.
+    Backends: CUDA -> kernels/multi_source_attention.py (Triton); CPU ->
+        kernels/multi_source_attention_cpu.py (aten's CPU flash attention per pair); other
+        devices -> reference.
     """
     check_backend(_OP, backend)
     queries, keys, values = _check_args(queries, keys, values)
@@ -71,8 +79,11 @@ def _check_args(queries: object, keys: object, values: object
                          f"{len(keys)} and {len(values)}")
     first = check_tensor(_OP, "queries[0]", queries[0], dims=(4,), dtypes=_DTYPES)
     batch, heads, _, head_dim = first.shape
-    if head_dim == 0:
-        raise ValueError(f"{_OP}: head dim d must be >= 1, got shape {tuple(first.shape)}")
+    if not 1 <= head_dim <= _MAX_HEAD_DIM:
+        raise ValueError(f"{_OP}: head dim d must be in [1, {_MAX_HEAD_DIM}], got shape "
+                         f"{tuple(first.shape)}")
+    if first.device.type == "cuda" and first.dtype == torch.float64:
+        raise TypeError(f"{_OP}: float64 runs on CPU only (the reference)")
     for group, tensors in (("queries", queries), ("keys", keys), ("values", values)):
         for i, t in enumerate(tensors):
             check_tensor(_OP, f"{group}[{i}]", t, dims=(4,), dtypes=(first.dtype,),
@@ -142,3 +153,13 @@ def _backward(ctx, grad_outs: list[Tensor | None], _grad_lse, _grad_partials):
 
 
 _multi_source_attention.register_autograd(_backward, setup_context=_setup_context)
+
+_multi_source_attention.register_kernel("cpu")(multi_source_attention_cpu_fwd)
+_multi_source_attention_backward.register_kernel("cpu")(multi_source_attention_cpu_bwd)
+
+if TRITON is not None:
+    from vidcore.kernels.multi_source_attention import multi_source_attention_fwd
+    from vidcore.kernels.multi_source_attention_backward import multi_source_attention_bwd
+
+    _multi_source_attention.register_kernel("cuda")(multi_source_attention_fwd)
+    _multi_source_attention_backward.register_kernel("cuda")(multi_source_attention_bwd)
