@@ -183,3 +183,26 @@ def test_bad_input(index, value, error, message):
     args[index] = value
     with pytest.raises(error, match="cosine_consistency_loss: " + message):
         cosine_consistency_loss(*args)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.randn(3, 4), torch.randn(1, 4)), r"b must have the shape of a \(3, 4\)"),
+    ((torch.randn(3, 4), torch.randn(3, 4).half()), r"b must have dtype in \(float32\)"),
+    ((torch.randn(2, 3, 4), torch.randn(2, 3, 4)), "a must be 2-D"),
+    ((torch.randn(4), torch.randn(4)), r"a must be \[N, D\]"),
+])
+def test_direct_calls_with_hostile_arguments_raise(args, message):
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss(*args)
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss_backward(torch.tensor(1.0), *args)
+
+
+@pytest.mark.parametrize("grad, message", [
+    (torch.ones(3), "grad must be 0-d"),
+    (torch.tensor(1.0, dtype=torch.float64), r"grad must have dtype in \(float32\)"),
+])
+def test_direct_backward_calls_with_a_hostile_grad_raise(grad, message):
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss_backward(grad, torch.randn(3, 4),
+                                                           torch.randn(3, 4))

@@ -11,7 +11,12 @@ from vidcore.kernels.multi_source_attention_backward import multi_source_attenti
 
 from vidcore import reference
 from vidcore.ops import multi_source_attention
-from vidcore.testing import assert_close, assert_no_worse_than_torch, opcheck
+from vidcore.testing import (
+    assert_close,
+    assert_no_worse_than_torch,
+    assert_raises_cleanly,
+    opcheck,
+)
 
 HALF = (torch.float16, torch.bfloat16)
 # (B, H, d, query lengths, key lengths): ActionLLM's three modalities at head dim 4
@@ -217,3 +222,29 @@ def test_bad_input(fn, error, message):
     queries, keys, values = sources((2, 3, 4, (6,), (3, 5)))
     with pytest.raises(error, match="multi_source_attention: " + message):
         fn(queries, keys, values)
+
+
+def test_direct_call_with_mismatched_head_dims_raises_in_a_subprocess():
+    # without the op's checks this reaches aten's CPU flash kernel with keys of another width
+    assert_raises_cleanly(
+        "torch.ops.vidcore.multi_source_attention([torch.randn(1, 2, 3, 4)], "
+        "[torch.randn(1, 2, 5, 8)], [torch.randn(1, 2, 5, 8)], 0.5)",
+        match=r"keys[0] must be [B=1, H=2, S, d=4]")
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (0, [torch.randn(1, 2, 4, 4)], r"grad_outs\[0\] must be contiguous \(1, 2, 3, 4\)"),
+    (0, [], "grad_outs must hold at least one tensor"),
+    (4, [torch.randn(2, 1, 2, 4)], r"lse\[0\] must be contiguous \(2, 1, 2, 3\), got"),
+    (4, [torch.randn(2, 1, 2, 3).double()], r"lse\[0\] must have dtype in \(float32\)"),
+    (5, [torch.randn(2, 1, 2, 3, 4).transpose(0, 1)], r"partials\[0\] must be contiguous"),
+    (5, [torch.randn(2, 1, 2, 3, 4), torch.randn(2, 1, 2, 3, 4)],
+     "partials must have one tensor per query source"),
+])
+def test_direct_backward_calls_with_hostile_state_raise(index, value, message):
+    queries, keys, values = sources((1, 2, 4, (3,), (5, 2)))
+    outs, lse, partials = torch.ops.vidcore.multi_source_attention(queries, keys, values, 0.5)
+    args = [[torch.ones_like(o) for o in outs], queries, keys, values, lse, partials, 0.5]
+    args[index] = value
+    with pytest.raises((ValueError, TypeError), match="multi_source_attention: " + message):
+        torch.ops.vidcore.multi_source_attention_backward(*args)
