@@ -114,7 +114,7 @@ def test_draw_ratios_are_deterministic_and_clipped():
 
 def test_opcheck(device):
     meta = torch.tensor([[0, 3, 4, 0], [18, 2, 9, 14]], device=device)
-    opcheck(torch.ops.vidcore.make_mask.default, (meta, 2, 3, "random", [1, 1, 1], 5, 17))
+    opcheck(torch.ops.vidcore.make_mask.default, (meta, 2, 3, "random", [1, 1, 1], 5, 17, 3))
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
