@@ -47,11 +47,15 @@ const char* meta_error_text(int error) {
     case kMetaMasked:
       return "the masked unit count (column 2) must be in [0, U_b]";
     case kMetaTokenOffset:
-      return "token offsets (column 0) must start at 0, follow each other (offset_b+1 = "
-             "offset_b + T_b * H * W) and stay within the token rows";
+      return "the token offset (column 0) must be 0 for the first video and leave room for the "
+             "video's T_b * H * W token rows";
+    case kMetaOutOffset:
+      return "the out offset (column 3) must be 0 for the first video, leave room for its kept "
+             "tokens within total_kept, and the last video must end at total_kept";
+    case kMetaNextTokenOffset:
+      return "its token offset (column 0) must be the previous video's plus its T_b * H * W";
     default:
-      return "out offsets (column 3) must start at 0, follow each other (offset_b+1 = offset_b + "
-             "kept_b) and end at total_kept";
+      return "its out offset (column 3) must be the previous video's plus its kept tokens";
   }
 }
 
@@ -73,8 +77,10 @@ void check_video_meta(const char* op, const at::Tensor& video_meta, const MaskGe
   const int64_t* meta = video_meta.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < videos; ++b) {
     const int error = video_meta_error(meta, b, videos, g, limits);
-    TORCH_CHECK(error == kMetaOk, op, ": video_meta row ", b, " ",
-                c10::IntArrayRef(meta + b * kVideoMetaColumns, kVideoMetaColumns),
+    // A broken link between rows b and b + 1 is reported at row b + 1.
+    const int64_t at = error == kMetaNextTokenOffset || error == kMetaNextOutOffset ? b + 1 : b;
+    TORCH_CHECK(error == kMetaOk, op, ": video_meta row ", at, " ",
+                c10::IntArrayRef(meta + at * kVideoMetaColumns, kVideoMetaColumns),
                 " is inconsistent: ", meta_error_text(error), " (H x W = ", g.height, " x ",
                 g.width, ", total_kept = ", limits.total_kept, ")");
   }

@@ -152,13 +152,19 @@ def clear_metadata_cache() -> None:
         del _METADATA[key]
 
 
+def _upload(host: Tensor, device: torch.device) -> Tensor:
+    """Host -> device through pinned memory, asynchronously: no sync (the pinned block is kept
+    until the copy has run)."""
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _on_device(rows: list[tuple[int, ...]], cu: list[int],
                device: torch.device | str | None) -> tuple[Tensor, Tensor]:
-    host_meta = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
-    host_cu = torch.tensor(cu, dtype=torch.int32)
     device = torch.device("cpu" if device is None else device)
     if device.type != "cuda" or torch.compiler.is_compiling():
-        return host_meta.to(device), host_cu.to(device)  # compiled graphs hold them as constants
+        # (compiled graphs hold these as constants)
+        return (torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, 4),
+                torch.tensor(cu, dtype=torch.int32, device=device))
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (device, tuple(v for row in rows for v in row), tuple(cu))
@@ -170,8 +176,9 @@ def _on_device(rows: list[tuple[int, ...]], cu: list[int],
                 "make_mask: this batch layout was first seen inside CUDA graph capture; run the "
                 "same call once before capturing (a warm-up), so that its metadata is already "
                 "on the device and the graph captures no host-to-device copy")
-        entry = (host_meta.pin_memory().to(device, non_blocking=True),
-                 host_cu.pin_memory().to(device, non_blocking=True), False)
+        host_meta = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
+        entry = (_upload(host_meta, device), _upload(torch.tensor(cu, dtype=torch.int32), device),
+                 False)
     _METADATA[key] = (entry[0], entry[1], entry[2] or capturing)
     _METADATA.move_to_end(key)
     while len(_METADATA) > _METADATA_LIMIT:

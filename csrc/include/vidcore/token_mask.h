@@ -73,7 +73,8 @@ VIDCORE_HD int64_t kept_tokens(const MaskGeometry& g, int64_t frames, int64_t ma
 }
 
 enum VideoMetaError : int {
-  kMetaOk = 0, kMetaFrames, kMetaMasked, kMetaTokenOffset, kMetaOutOffset
+  kMetaOk = 0, kMetaFrames, kMetaMasked, kMetaTokenOffset, kMetaOutOffset, kMetaNextTokenOffset,
+  kMetaNextOutOffset
 };
 
 // The sizes a video_meta tensor is checked against (host values of the call).
@@ -92,6 +93,7 @@ struct MetaLimits {
 VIDCORE_HD int video_meta_error(const int64_t* video_meta, int64_t b, int64_t num_videos,
                                 const MaskGeometry& g, const MetaLimits& limits) {
   const int64_t* row = video_meta + b * kVideoMetaColumns;
+  const int64_t* next = row + kVideoMetaColumns;  // read only when b + 1 < num_videos
   const int64_t frames = row[kNumFrames], masked = row[kNumMasked], total_kept = limits.total_kept;
   if (frames < 0 || frames > limits.max_frames ||
       (g.pattern == kBlock && frames % g.block_t != 0) || num_units(g, frames) > kMaxUnits) {
@@ -101,17 +103,18 @@ VIDCORE_HD int video_meta_error(const int64_t* video_meta, int64_t b, int64_t nu
   const int64_t tokens = frames * g.height * g.width, kept = kept_tokens(g, frames, masked);
   const int64_t token_offset = row[kTokenOffset], out_offset = row[kOutOffset];
   if (token_offset < 0 || token_offset > limits.num_tokens - tokens ||
-      (b == 0 && token_offset != 0) ||
-      (b + 1 < num_videos && row[kVideoMetaColumns + kTokenOffset] != token_offset + tokens)) {
+      (b == 0 && token_offset != 0)) {
     return kMetaTokenOffset;
   }
-  const int64_t out_end = out_offset + kept;  // no overflow: out_offset <= total_kept - kept
+  // out_offset <= total_kept - kept, so out_offset + kept does not overflow.
   if (out_offset < 0 || kept > total_kept || out_offset > total_kept - kept ||
-      (b == 0 && out_offset != 0) ||
-      (b + 1 < num_videos ? row[kVideoMetaColumns + kOutOffset] != out_end
-                          : out_end != total_kept)) {
+      (b == 0 && out_offset != 0) || (b + 1 == num_videos && out_offset + kept != total_kept)) {
     return kMetaOutOffset;
   }
+  if (b + 1 < num_videos && next[kTokenOffset] != token_offset + tokens) {
+    return kMetaNextTokenOffset;
+  }
+  if (b + 1 < num_videos && next[kOutOffset] != out_offset + kept) return kMetaNextOutOffset;
   return kMetaOk;
 }
 
