@@ -111,9 +111,11 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& video_m
   if constexpr (kCuda) {
 #ifdef VIDCORE_WITH_CUDA
     const c10::cuda::CUDAGuard guard(video_meta.device());
-    at::Tensor scratch = at::empty(
-        {make_mask_scratch_bytes(video_meta.size(0), g, max_frames, row_bytes)},
-        video_meta.options().dtype(at::kByte));
+    const int64_t scratch_bytes = make_mask_scratch_bytes(video_meta.size(0), g, max_frames,
+                                                          row_bytes);
+    TORCH_CHECK(scratch_bytes >= 0, op, ": max_frames = ", max_frames, " with ", height, " x ",
+                width, " tokens per frame is too large a bound to plan the launch for");
+    at::Tensor scratch = at::empty({scratch_bytes}, video_meta.options().dtype(at::kByte));
     C10_CUDA_CHECK(launch_mask_and_pack(meta, video_meta.size(0), g, s, limits,
                                         scratch.mutable_data_ptr(), rows, row_bytes,
                                         keep_idx.mutable_data_ptr<int64_t>(), out,

@@ -267,7 +267,8 @@ LaunchShape launch_shape(int64_t num_videos, const MaskGeometry& g, int64_t max_
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int64_t max_tokens = max_frames * g.height * g.width;
   const int64_t tiles = (max_tokens + kTokenTile - 1) / kTokenTile;
-  const bool long_videos = max_tokens >= kSplitMinTokens || max_tokens * row_bytes >= kSplitMinBytes;
+  const bool long_videos = max_tokens >= kSplitMinTokens ||
+                           max_tokens >= kSplitMinBytes / std::max<int64_t>(row_bytes, 1);
   const bool split = num_videos > 0 && num_videos < 2 * sms && long_videos;
   const int64_t per_video = std::max<int64_t>(1, 4 * sms / std::max<int64_t>(num_videos, 1));
   const int64_t unit_tiles = (max_tokens + kUnitTile - 1) / kUnitTile;
@@ -344,6 +345,9 @@ int64_t make_mask_scratch_bytes(int64_t num_videos, const MaskGeometry& geometry
   const LaunchShape shape = launch_shape(num_videos, geometry, max_frames, row_bytes);
   if (!shape.split) return 0;
   const int64_t capacity = candidate_capacity(geometry, max_frames);
+  // A loose max_frames could ask for more scratch than int64 counts: -1, which the binding
+  // reports (num_videos < 2 * SMs here, so the first product is small).
+  if (shape.tiles > (kInt64Max / 8 - capacity - 1) / num_videos) return -1;
   return align8(num_videos * (kCoarseBins + 1) * 4) +
          8 * num_videos * (capacity + 1 + shape.tiles);
 }
