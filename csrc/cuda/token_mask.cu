@@ -13,9 +13,9 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
-#include <initializer_list>
 
 #include "vidcore/token_mask.h"
+#include "vidcore/token_pack.h"
 
 namespace vidcore {
 namespace {
@@ -294,22 +294,6 @@ SplitScratch split_scratch(void* scratch, int64_t num_videos, int64_t capacity, 
   s.capacity = capacity;
   s.tiles = tiles;
   return s;
-}
-
-template <typename Fn>
-void with_row_vector(int64_t row_bytes, std::initializer_list<const void*> pointers, Fn fn) {
-  auto fits = [&](int64_t width) {
-    if (row_bytes % width) return false;
-    for (const void* p : pointers) {
-      if (reinterpret_cast<uintptr_t>(p) % width) return false;
-    }
-    return true;
-  };
-  if (fits(16)) fn(uint4{});
-  else if (fits(8)) fn(uint2{});
-  else if (fits(4)) fn(uint32_t{});
-  else if (fits(2)) fn(uint16_t{});
-  else fn(uint8_t{});
 }
 
 template <typename Vec, bool kCopy>

@@ -6,7 +6,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <initializer_list>
 
 #include "vidcore/token_pack.h"
 
@@ -65,24 +64,6 @@ unpack_kernel(const Vec* __restrict__ packed,  // num_index x vecs_per_row
     const Vec* src = (j < num_index && index[j] == row) ? packed + j * vecs_per_row : fill;
     for (int64_t v = lane; v < vecs_per_row; v += lanes) out[row * vecs_per_row + v] = src[v];
   }
-}
-
-// Calls fn(Vec{}) with the widest of 16/8/4/2/1-byte types that divides row_bytes and aligns
-// every pointer: a 2048-byte bf16 row moves as 128 x 16-byte loads.
-template <typename Fn>
-void with_row_vector(int64_t row_bytes, std::initializer_list<const void*> pointers, Fn fn) {
-  auto fits = [&](int64_t width) {
-    if (row_bytes % width) return false;
-    for (const void* p : pointers) {
-      if (reinterpret_cast<uintptr_t>(p) % width) return false;
-    }
-    return true;
-  };
-  if (fits(16)) fn(uint4{});
-  else if (fits(8)) fn(uint2{});
-  else if (fits(4)) fn(uint32_t{});
-  else if (fits(2)) fn(uint16_t{});
-  else fn(uint8_t{});
 }
 
 __device__ __forceinline__ float to_acc(float v) { return v; }

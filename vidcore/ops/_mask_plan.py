@@ -10,6 +10,7 @@ own); a layout first seen during capture is refused with a message.
 from __future__ import annotations
 
 import numbers
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,12 +145,14 @@ def _check_block(op: str, block: object, pattern: str, frames: list[int], height
 # (device, rows, cu_seqlens) -> (video_meta, cu_seqlens, used during a capture) on that device.
 _METADATA: OrderedDict[tuple, tuple[Tensor, Tensor, bool]] = OrderedDict()
 _METADATA_LIMIT = 256  # layouts kept (a few KB each); layouts a graph captured are never evicted
+_METADATA_LOCK = threading.Lock()
 
 
 def clear_metadata_cache() -> None:
     """Forget the cached per-layout metadata (tensors a captured CUDA graph reads are kept)."""
-    for key in [k for k, entry in _METADATA.items() if not entry[2]]:
-        del _METADATA[key]
+    with _METADATA_LOCK:
+        for key in [k for k, entry in _METADATA.items() if not entry[2]]:
+            del _METADATA[key]
 
 
 def _upload(host: Tensor, device: torch.device) -> Tensor:
@@ -169,21 +172,22 @@ def _on_device(rows: list[tuple[int, ...]], cu: list[int],
         device = torch.device("cuda", torch.cuda.current_device())
     key = (device, tuple(v for row in rows for v in row), tuple(cu))
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    entry = _METADATA.get(key)
-    if entry is None:
-        if capturing:
-            raise RuntimeError(
-                "make_mask: this batch layout was first seen inside CUDA graph capture; run the "
-                "same call once before capturing (a warm-up), so that its metadata is already "
-                "on the device and the graph captures no host-to-device copy")
-        host_meta = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
-        entry = (_upload(host_meta, device), _upload(torch.tensor(cu, dtype=torch.int32), device),
-                 False)
-    _METADATA[key] = (entry[0], entry[1], entry[2] or capturing)
-    _METADATA.move_to_end(key)
-    while len(_METADATA) > _METADATA_LIMIT:
-        evictable = next((k for k, e in _METADATA.items() if not e[2]), None)
-        if evictable is None:
-            break
-        del _METADATA[evictable]
+    with _METADATA_LOCK:
+        entry = _METADATA.get(key)
+        if entry is None:
+            if capturing:
+                raise RuntimeError(
+                    "make_mask: this batch layout was first seen inside CUDA graph capture; run "
+                    "the same call once before capturing (a warm-up), so that its metadata is "
+                    "already on the device and the graph captures no host-to-device copy")
+            host_meta = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
+            entry = (_upload(host_meta, device),
+                     _upload(torch.tensor(cu, dtype=torch.int32), device), False)
+        _METADATA[key] = (entry[0], entry[1], entry[2] or capturing)
+        _METADATA.move_to_end(key)
+        while len(_METADATA) > _METADATA_LIMIT:
+            evictable = next((k for k, e in _METADATA.items() if not e[2]), None)
+            if evictable is None:
+                break
+            del _METADATA[evictable]
     return entry[0], entry[1].clone()  # the mask's own cu_seqlens: callers may keep or edit it

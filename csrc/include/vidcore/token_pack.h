@@ -10,6 +10,9 @@
 #if defined(VIDCORE_WITH_CUDA) || defined(__CUDACC__)
 #include <cuda_runtime_api.h>
 #endif
+#if defined(__CUDACC__)
+#include <initializer_list>
+#endif
 
 namespace vidcore {
 
@@ -83,6 +86,26 @@ void unpack_cpu(const void* packed, const int64_t* index, int64_t num_index, con
 // in float (double for double grad). index must be ordered.
 void unpack_fill_grad_cpu(const void* grad, int scalar_type, const int64_t* index,
                           int64_t num_index, int64_t num_rows, int64_t channels, void* fill_grad);
+
+#if defined(__CUDACC__)
+// Calls fn(Vec{}) with the widest of 16/8/4/2/1-byte types that divides row_bytes and aligns
+// every pointer: a 2048-byte bf16 row moves as 128 x 16-byte loads.
+template <typename Fn>
+void with_row_vector(int64_t row_bytes, std::initializer_list<const void*> pointers, Fn fn) {
+  auto fits = [&](int64_t width) {
+    if (row_bytes % width) return false;
+    for (const void* p : pointers) {
+      if (reinterpret_cast<uintptr_t>(p) % width) return false;
+    }
+    return true;
+  };
+  if (fits(16)) fn(uint4{});
+  else if (fits(8)) fn(uint2{});
+  else if (fits(4)) fn(uint32_t{});
+  else if (fits(2)) fn(uint16_t{});
+  else fn(uint8_t{});
+}
+#endif
 
 #if defined(VIDCORE_WITH_CUDA) || defined(__CUDACC__)
 // The kernels assert the index contract on the device (no host sync); a violation surfaces as
