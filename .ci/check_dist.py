@@ -21,17 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = """
-import sys, torch, vidcore
+import os, sys, torch, vidcore
 from vidcore import _backends, reference
 from vidcore.ops import make_mask, pack
-import os
 here = os.path.realpath(vidcore.__file__)
 assert here.startswith(os.path.realpath(sys.prefix)), f"imported {here}, not the wheel"
 assert _backends.EXTENSION is not None, _backends.EXTENSION_MISSING
 x = torch.randn(2, 3, 4, 4, 8)
 mask = make_mask(3, (4, 4), 0.5, batch_size=2, seed=1)
 assert torch.equal(pack(x, mask), reference.pack(x.view(-1, 8), mask.keep_idx))
-print("\n".join(str(vidcore.info()).splitlines()[:3]))
+for line in str(vidcore.info()).splitlines()[:3]:
+    print(line)
 """
 
 
