@@ -209,6 +209,7 @@ def test_no_host_to_device_copy_once_a_layout_was_seen(monkeypatch):
             return out
 
     monkeypatch.setattr(_mask_plan, "_upload", lambda host, device: host.to(device))
+    _mask_plan.clear_metadata_cache()  # no real CUDA tensors cached by earlier tests
     try:
         with FakeTensorMode():
             x, fill = torch.empty(2, 3, 4, 5, 8, device="cuda:0"), torch.empty(8, device="cuda:0")
