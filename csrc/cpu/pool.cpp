@@ -136,8 +136,8 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
                  int64_t height, int64_t width, int64_t channels, T* out) {
   if (num_tokens == 0 || channels == 0) return;
   const Visits visits = pool_cpu_schedule::visits_by_block(plan, num_tokens, frame_table);
-  const int64_t threads = at::get_num_threads();
-  const Partition part = pool_cpu_schedule::partition(visits, plan, channels, threads);
+  const Partition part =
+      pool_cpu_schedule::partition(visits, plan, channels, at::get_num_threads());
   std::vector<int64_t> visit_range(num_tokens, -1);  // the range of a token's visits, or -2
   std::vector<int64_t> multi_id(num_tokens, -1);     // index among multi-visit tokens, or -1
   for (int64_t b = 0; b < visits.blocks(); ++b) {
@@ -156,7 +156,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
   }
   std::vector<LiveTokens<Acc>> items(part.items());
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(part.threads)
   {
     std::vector<Acc> once(part.chunk);  // for tokens finished in one visit
 #pragma omp for schedule(static, 1)

@@ -11,10 +11,13 @@
 #include <limits>
 #include <vector>
 
+#include "pool_schedule.h"
 #include "vidcore/pool.h"
 
 namespace vidcore {
 namespace {
+
+using pool_cpu_schedule::kSerialWork;
 
 // picked[j * channels + d]: the box index of the cell max row j picked in channel d (torch's:
 // the last NaN, else the first maximum in scan order). Rows of a mean are left alone.
@@ -22,13 +25,15 @@ template <typename T, typename Acc>
 std::vector<int32_t> picked_cells(const T* x, const int64_t* plan, int64_t num_tokens,
                                   const int64_t* frame_table, int64_t height, int64_t width,
                                   int64_t channels) {
-  bool any_max = false;
-  for (int64_t j = 0; j < num_tokens && !any_max; ++j) {
-    any_max = plan[j * kPoolPlanColumns + kPoolMode] == kPoolMax;
+  int64_t max_cells = 0;  // cells read by max rows
+  for (int64_t j = 0; j < num_tokens; ++j) {
+    const int64_t* row = plan + j * kPoolPlanColumns;
+    if (row[kPoolMode] == kPoolMax) max_cells += pool_window_size(row);
   }
-  if (!any_max) return {};
+  if (max_cells == 0) return {};
   std::vector<int32_t> picked(num_tokens * channels);
-  at::parallel_for(0, num_tokens, 1, [&](int64_t j0, int64_t j1) {
+  const int64_t grain = std::max<int64_t>(1, kSerialWork * num_tokens / (max_cells * channels));
+  at::parallel_for(0, num_tokens, grain, [&](int64_t j0, int64_t j1) {
     std::vector<Acc> best(channels);
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t* row = plan + j * kPoolPlanColumns;
@@ -71,7 +76,9 @@ void pool_backward_tokens(const T* grad, const T* x, const int64_t* plan, int64_
   const int64_t threads = at::get_num_threads();
   const int64_t slices = std::min<int64_t>(channels, (threads + frames - 1) / frames);
   const int64_t chunk = (channels + slices - 1) / slices;
-  at::parallel_for(0, frames * slices, 1, [&](int64_t item0, int64_t item1) {
+  const int64_t per_item = std::max<int64_t>(1, height * width * chunk);
+  at::parallel_for(0, frames * slices, std::max<int64_t>(1, kSerialWork / per_item),
+                   [&](int64_t item0, int64_t item1) {
     std::vector<Acc> acc(width * chunk), share(chunk);
     for (int64_t item = item0; item < item1; ++item) {
       const int64_t f = item / slices, d0 = item % slices * chunk;

@@ -80,10 +80,15 @@ inline Visits visits_by_block(const int64_t* plan, int64_t num_tokens,
 // ranges split channels.
 constexpr int64_t kRanges = 8;
 
+// Below this many elements read (cells x channels), waking a second thread costs more than it
+// saves (ATen's GRAIN_SIZE); the results are the same either way.
+constexpr int64_t kSerialWork = 32768;
+
 struct Partition {
   std::vector<int64_t> range_begin;  // [ranges + 1] block bounds
   std::vector<int64_t> range_of;     // range of each block
   int64_t chunk = 0, chunks = 0;     // channels per chunk, number of chunks
+  int64_t threads = 1;               // threads worth waking
 
   int64_t ranges() const { return static_cast<int64_t>(range_begin.size()) - 1; }
   int64_t items() const { return ranges() * chunks; }
@@ -102,6 +107,8 @@ inline Partition partition(const Visits& visits, const int64_t* plan, int64_t ch
     }
   }
   Partition part;
+  if (work[blocks] * channels < kSerialWork) threads = 1;
+  part.threads = threads;
   const int64_t ranges = std::max<int64_t>(1, std::min(kRanges, blocks));
   part.range_begin.assign(ranges + 1, blocks);
   part.range_of.resize(blocks);

@@ -30,7 +30,7 @@ class PooledTokens:
     is read (and kept), so editing it in place changes nothing else, and a caller who reads only
     `tokens` pays for no copy."""
 
-    __slots__ = ("tokens", "max_seqlen", "_shared", "_own")
+    __slots__ = ("_own", "_shared", "max_seqlen", "tokens")
 
     def __init__(self, tokens: Tensor, cu_seqlens: Tensor, max_seqlen: int, frame_index: Tensor,
                  row: Tensor, col: Tensor, view: Tensor) -> None:

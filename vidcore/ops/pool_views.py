@@ -139,7 +139,7 @@ def _frames(op: str, name: str, frames: object) -> object:
 
 
 def _spatial(op: str, name: str, spatial: object) -> object:
-    if spatial is None or isinstance(spatial, str) and spatial == "mean":
+    if spatial is None or (isinstance(spatial, str) and spatial == "mean"):
         return spatial
     if isinstance(spatial, Adaptive):
         h, w = _int(op, f"{name}.h", spatial.h, 1), _int(op, f"{name}.w", spatial.w, 1)
@@ -162,7 +162,7 @@ def check_view(op: str, index: int, view: object) -> View:
     if not isinstance(view.mode, str) or view.mode not in ("avg", "max"):
         raise ValueError(f"{op}: {name}.mode must be 'avg' or 'max', got {view.mode!r}")
     temporal = view.temporal
-    if not (temporal is None or isinstance(temporal, str) and temporal == "mean"):
+    if not (temporal is None or (isinstance(temporal, str) and temporal == "mean")):
         if isinstance(temporal, str):
             raise ValueError(f"{op}: {name}.temporal must be None, 'mean' or an int kt >= 1, "
                              f"got {temporal!r}")
