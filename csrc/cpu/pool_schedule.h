@@ -77,8 +77,10 @@ inline Visits visits_by_block(const int64_t* plan, int64_t num_tokens,
 // is summed range by range and the partials are added in range order, so where the ranges
 // split decides the rounding. kRanges of them, whatever the threads, keep results bit-identical
 // for any thread count (channel chunks do not change any channel's order); more threads than
-// ranges split channels.
-constexpr int64_t kRanges = 8;
+// ranges split channels. Each range adds a partial per spanning token (a temporal mean's), so
+// more ranges cost memory traffic: 8 measured slower than 4 and 2 on the 2-core CI machine,
+// 4 keeps up to four threads on whole rows.
+constexpr int64_t kRanges = 4;
 
 // Below this many elements read (cells x channels), waking a second thread costs more than it
 // saves (ATen's GRAIN_SIZE); the results are the same either way.

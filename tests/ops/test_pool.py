@@ -82,7 +82,7 @@ def test_reference_backward_sends_nan_maxima_their_gradient():
 
 
 def test_bit_identical_for_any_thread_count():
-    # 37 frames = 10 frame blocks in 8 fixed ranges: temporal means and kt windows cross range
+    # 37 frames = 10 frame blocks in 4 fixed ranges: temporal means and kt windows cross range
     # bounds, explicit frames out of order and repeated make several runs within a block.
     x = torch.randn(37, 3, 4, 40)
     views = [View(temporal="mean"), View(temporal="mean", mode="max", spatial="mean"),
