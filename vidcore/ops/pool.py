@@ -71,7 +71,8 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
         PooledTokens. Differentiable in x (mean, max, copy); max follows torch's max pooling
         (first maximum in scan order, last NaN), and gradients are computed as a gather, so they
         are bit-identical run to run and for any CPU thread count, like the forward.
-    Backends: CPU -> csrc/cpu/pool.cpp; CUDA -> csrc/cuda/pool.cu (one launch); else reference.
+    Backends: CPU -> csrc/cpu/pool.cpp (backward: pool_backward.cpp); CUDA ->
+    csrc/cuda/pool.cu, one launch (backward: pool_backward.cu, two); else the reference.
     Lowered views are cached on x's device: see `vidcore.ops.pool_cache`.
     """
     check_backend(_OP, backend)
@@ -81,7 +82,7 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
     views = tuple(check_view(_OP, i, v) for i, v in enumerate(views))
     height, width, channels = x.shape[-3], x.shape[-2], x.shape[-1]
     plan = _lower(views, tuple(frames), height, width, x.device)
-    rows = x.reshape(len(x) if x.dim() == 4 else x.shape[0] * x.shape[1], height, width, channels)
+    rows = x.reshape(sum(frames), height, width, channels)
     if backend == "torch":
         tokens = reference.pool(rows, plan.plan, plan.table, validate=False)
     else:
