@@ -102,6 +102,8 @@ def _int(op: str, name: str, value: object, minimum: int) -> int:
 
 
 def _indices(op: str, name: str, frames: object) -> tuple[int, ...]:
+    if type(frames) is tuple and all(type(f) is int and f >= 0 for f in frames):
+        return frames  # already canonical: the per-call case keeps its View
     if isinstance(frames, Tensor):
         if frames.dim() != 1 or frames.is_floating_point() or frames.is_complex() \
                 or frames.dtype == torch.bool:
