@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore.ops import slowfast, st_llm_global_local, video_chatgpt
 
@@ -50,11 +50,15 @@ PRESETS: dict[str, tuple[dict[str, list[tuple[int, ...]]], Callable, Callable]] 
 }
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+DIMS = {"B": 1, "T": 64, "H": 24, "W": 24, "D": 1024}  # `vidcore bench --shape T=256` (every preset)
+
+
+def cases(size: str | dict[str, object], device: str, dtype: torch.dtype | None = None
+          ) -> list[BenchCase]:
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     result = []
-    for name, (shapes, seed_fn, vidcore_fn) in PRESETS.items():
-        for shape in shapes[size]:
+    for name, (preset_shapes, seed_fn, vidcore_fn) in PRESETS.items():
+        for shape in shapes(preset_shapes, size, DIMS):
             def build(shape=shape, seed_fn=seed_fn, vidcore_fn=vidcore_fn):
                 x = torch.randn(shape, device=device, dtype=dtype)
                 seed_compiled = compiled(seed_fn)
