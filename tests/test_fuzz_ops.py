@@ -191,17 +191,10 @@ GENERIC_POOLS: dict[str, list[str]] = {
 }
 
 # Cases that fail on main in ops owned by other workers: reported to them, not fixed here.
-_POOL = "trust-pool (issue 10): pool C++ twin does not range-check plan / frame_table"
 _ATTN = "attn-cpu (issue 10): attention op accepts offsets/ranges/scale it cannot honour"
 _MERGE = "attn-cpu (issue 10): merge_attention_states accepts an integer lse"
 _ATTN_CASES = ("cu-k-non-monotone", "cu-q-not-from-0", "cu-int64")
 XFAIL: dict[str, str] = {
-    **{f"pool-{label}": _POOL for label in (
-        "table-past-frames", "table-negative", "plan-rows-past-grid", "plan-negative-col",
-        "plan-unknown-mode")},
-    **{f"pool_backward-{label}": _POOL + " (SIGSEGV / heap corruption)" for label in (
-        "table-past-frames", "table-negative", "plan-past-table", "plan-rows-past-grid",
-        "plan-negative-col", "plan-unknown-mode")},
     **{f"attention-{label}": _ATTN for label in (
         *_ATTN_CASES, "ranges-out-of-range", "scale-nan", "max-seqlen-negative")},
     **{f"attention_backward-{label}": _ATTN for label in (*_ATTN_CASES, "lse-shape", "generic1")},
