@@ -32,31 +32,35 @@ def _launch_config(dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _row_sums(a_ptr, b_ptr, rows, row_mask, D, stride_a, stride_b, ACC: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Per row: <a, b>, |a|^2 and |b|^2 in the accumulation dtype."""
+def _load_pair(a_ptr, b_ptr, rows, row_mask, col0, D, stride_a, stride_b, ACC: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Columns col0 : col0 + BLOCK_D of the rows of a and b, in the accumulation dtype."""
+    cols = col0 + tl.arange(0, BLOCK_D)
+    mask = row_mask[:, None] & (cols < D)[None, :]
+    a = tl.load(a_ptr + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0)
+    b = tl.load(b_ptr + rows[:, None] * stride_b + cols[None, :], mask=mask, other=0.0)
+    return cols, mask, a.to(ACC), b.to(ACC)
+
+
+@triton.jit
+def _row_stats(a_ptr, b_ptr, N, D, stride_a, stride_b, EPS_: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows and, per row, <a, b>, |a|, |b|, max(|a|, eps) and max(|b|, eps)
+    (eps in the accumulation dtype: a float literal would be rounded to fp32)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
     dot = tl.zeros([BLOCK_N], ACC)
     sq_a = tl.zeros([BLOCK_N], ACC)
     sq_b = tl.zeros([BLOCK_N], ACC)
     for col0 in range(0, D, BLOCK_D):
-        cols = col0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < D)[None, :]
-        a = tl.load(a_ptr + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0)
-        b = tl.load(b_ptr + rows[:, None] * stride_b + cols[None, :], mask=mask, other=0.0)
-        a, b = a.to(ACC), b.to(ACC)
+        _, _, a, b = _load_pair(a_ptr, b_ptr, rows, row_mask, col0, D, stride_a, stride_b, ACC,
+                                BLOCK_D)
         dot += tl.sum(a * b, 1)
         sq_a += tl.sum(a * a, 1)
         sq_b += tl.sum(b * b, 1)
-    return dot, sq_a, sq_b
-
-
-@triton.jit
-def _clamped_norms(sq_a, sq_b, EPS_: tl.constexpr):
-    """(|a|, |b|, max(|a|, eps), max(|b|, eps)); eps in the accumulation dtype (a float literal
-    would be rounded to fp32)."""
-    eps = tl.full([], EPS_, sq_a.dtype)
+    eps = tl.full([], EPS_, ACC)
     norm_a, norm_b = tl.sqrt(sq_a), tl.sqrt(sq_b)
-    return norm_a, norm_b, tl.maximum(norm_a, eps), tl.maximum(norm_b, eps)
+    return rows, row_mask, dot, norm_a, norm_b, tl.maximum(norm_a, eps), tl.maximum(norm_b, eps)
 
 
 @triton.jit
@@ -64,11 +68,8 @@ def _cosine_consistency_loss_fwd_kernel(
     partial_ptr, a_ptr, b_ptr, N, D, stride_a, stride_b,
     EPS_: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    dot, sq_a, sq_b = _row_sums(a_ptr, b_ptr, rows, row_mask, D, stride_a, stride_b, ACC,
-                                BLOCK_N, BLOCK_D)
-    _, _, n_a, n_b = _clamped_norms(sq_a, sq_b, EPS_)
+    _, row_mask, dot, _, _, n_a, n_b = _row_stats(a_ptr, b_ptr, N, D, stride_a, stride_b, EPS_,
+                                                  ACC, BLOCK_N, BLOCK_D)
     per_row = tl.where(row_mask, 2.0 - 2.0 * (dot / (n_a * n_b)), 0.0)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(per_row, 0))
 
@@ -79,11 +80,8 @@ def _cosine_consistency_loss_bwd_kernel(
     stride_gb,
     EPS_: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    dot, sq_a, sq_b = _row_sums(a_ptr, b_ptr, rows, row_mask, D, stride_a, stride_b, ACC,
-                                BLOCK_N, BLOCK_D)
-    norm_a, norm_b, n_a, n_b = _clamped_norms(sq_a, sq_b, EPS_)
+    rows, row_mask, dot, norm_a, norm_b, n_a, n_b = _row_stats(
+        a_ptr, b_ptr, N, D, stride_a, stride_b, EPS_, ACC, BLOCK_N, BLOCK_D)
     cos = dot / (n_a * n_b)
     scale = tl.load(grad_ptr).to(ACC) * -2.0 / N  # (N, not a float 1/N: floats are fp32 args)
     cross = scale / (n_a * n_b)  # coefficient of b in d a (and of a in d b)
@@ -91,11 +89,8 @@ def _cosine_consistency_loss_bwd_kernel(
     self_a = tl.where(norm_a >= n_a, -scale * cos / (n_a * n_a), 0.0)
     self_b = tl.where(norm_b >= n_b, -scale * cos / (n_b * n_b), 0.0)
     for col0 in range(0, D, BLOCK_D):
-        cols = col0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < D)[None, :]
-        a = tl.load(a_ptr + rows[:, None] * stride_a + cols[None, :], mask=mask, other=0.0)
-        b = tl.load(b_ptr + rows[:, None] * stride_b + cols[None, :], mask=mask, other=0.0)
-        a, b = a.to(ACC), b.to(ACC)
+        cols, mask, a, b = _load_pair(a_ptr, b_ptr, rows, row_mask, col0, D, stride_a, stride_b,
+                                      ACC, BLOCK_D)
         grad_a = cross[:, None] * b + self_a[:, None] * a
         grad_b = cross[:, None] * a + self_b[:, None] * b
         tl.store(grad_a_ptr + rows[:, None] * stride_ga + cols[None, :],

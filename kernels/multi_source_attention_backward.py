@@ -32,6 +32,18 @@ __all__ = ["multi_source_attention_bwd"]
 
 
 @triton.jit
+def _rows_of_two(x_ptr, x_stride, y_ptr, y_stride, length, b, h, first, dims, dim_mask,
+                 UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows first : first + BLOCK of head (b, h) of two tensors of one source (q and dO, or k
+    and v): positions, mask and both tiles."""
+    rows = first + tl.arange(0, BLOCK)
+    row_mask = rows < length
+    x = _tile(x_ptr, x_stride, b, h, rows, row_mask, dims, dim_mask, UPCAST)
+    y = _tile(y_ptr, y_stride, b, h, rows, row_mask, dims, dim_mask, UPCAST)
+    return rows, row_mask, x, y
+
+
+@triton.jit
 def _row_stats(lse_ptr, part_ptr, d_out, m, b, h, batch, heads, length, rows, row_mask, dims,
                dim_mask, head_dim):
     """lse of pair (., m)'s rows in the log2 domain (+inf past the rows, so P is 0 there) and
@@ -59,19 +71,17 @@ def _dkdv_block(k_ptr, v_ptr, k_stride, v_stride, k_len, dk_ptr, dv_ptr, m, q_pt
                 head_dim, qk_scale, scale, inv_sources, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr):
-    cols = col0 + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    col_mask, dim_mask = cols < k_len, dims < head_dim
-    k = _tile(k_ptr, k_stride, b, h, cols, col_mask, dims, dim_mask, UPCAST)
-    v = _tile(v_ptr, v_stride, b, h, cols, col_mask, dims, dim_mask, UPCAST)
+    dim_mask = dims < head_dim
+    cols, col_mask, k, v = _rows_of_two(k_ptr, k_stride, v_ptr, v_stride, k_len, b, h, col0,
+                                        dims, dim_mask, UPCAST, BLOCK_N)
     d_keys = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_values = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for a in tl.static_range(len(q_ptrs)):
         for row0 in range(0, q_lens[a], BLOCK_M):
-            rows = row0 + tl.arange(0, BLOCK_M)
-            row_mask = rows < q_lens[a]
-            q = _tile(q_ptrs[a], q_strides[a], b, h, rows, row_mask, dims, dim_mask, UPCAST)
-            d_out = _tile(do_ptrs[a], do_strides[a], b, h, rows, row_mask, dims, dim_mask, UPCAST)
+            rows, row_mask, q, d_out = _rows_of_two(q_ptrs[a], q_strides[a], do_ptrs[a],
+                                                    do_strides[a], q_lens[a], b, h, row0, dims,
+                                                    dim_mask, UPCAST, BLOCK_M)
             lse2, delta = _row_stats(lse_ptrs[a], part_ptrs[a], d_out, m, b, h, batch, heads,
                                      q_lens[a], rows, row_mask, dims, dim_mask, head_dim)
             probs, d_scores = _probs_and_dscores(q, k, v, d_out, lse2, delta, col_mask,
@@ -90,20 +100,18 @@ def _dq_block(q_ptr, q_stride, q_len, do_ptr, do_stride, lse_ptr, part_ptr, dq_p
               v_ptrs, k_strides, v_strides, k_lens, b, h, batch, heads, row0, head_dim,
               qk_scale, scale, inv_sources, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    row_mask, dim_mask = rows < q_len, dims < head_dim
-    q = _tile(q_ptr, q_stride, b, h, rows, row_mask, dims, dim_mask, UPCAST)
-    d_out = _tile(do_ptr, do_stride, b, h, rows, row_mask, dims, dim_mask, UPCAST)
+    dim_mask = dims < head_dim
+    rows, row_mask, q, d_out = _rows_of_two(q_ptr, q_stride, do_ptr, do_stride, q_len, b, h,
+                                            row0, dims, dim_mask, UPCAST, BLOCK_M)
     d_query = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for m in tl.static_range(len(k_ptrs)):
         lse2, delta = _row_stats(lse_ptr, part_ptr, d_out, m, b, h, batch, heads, q_len, rows,
                                  row_mask, dims, dim_mask, head_dim)
         for col0 in range(0, k_lens[m], BLOCK_N):
-            cols = col0 + tl.arange(0, BLOCK_N)
-            col_mask = cols < k_lens[m]
-            k = _tile(k_ptrs[m], k_strides[m], b, h, cols, col_mask, dims, dim_mask, UPCAST)
-            v = _tile(v_ptrs[m], v_strides[m], b, h, cols, col_mask, dims, dim_mask, UPCAST)
+            _, col_mask, k, v = _rows_of_two(k_ptrs[m], k_strides[m], v_ptrs[m], v_strides[m],
+                                             k_lens[m], b, h, col0, dims, dim_mask, UPCAST,
+                                             BLOCK_N)
             _, d_scores = _probs_and_dscores(q, k, v, d_out, lse2, delta, col_mask, qk_scale,
                                              PRECISION)
             d_query += _dot(d_scores.to(q.dtype), k, PRECISION)
