@@ -31,20 +31,21 @@ _LOG2E = tl.constexpr(LOG2E)  # (jit functions see only constexpr globals)
 def launch_config(head_dim: int, dtype: torch.dtype, backward: bool = False
                   ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): the whole head dim in one tile (at least 16).
-    Chosen so that no kernel spills registers when compiled for sm_90 (checked ahead of time:
-    fp32 runs exact-fp32 products on FMA units and needs more registers than 16-bit inputs)."""
+    Tiles are the largest that compile for sm_90 without register spills (checked ahead of
+    time); float32 runs exact-fp32 products on FMA units, which needs more registers."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
         return 16, 16, block_d, 4
+    exact = dtype == torch.float32
     if block_d <= 16:
-        return (64, 64, block_d, 8 if dtype == torch.float32 else 4)
-    if block_d <= 64:
-        return (64, 32, block_d, 8) if not backward or dtype != torch.float32 else (32, 32, block_d, 8)
-    if block_d <= 128 and not backward and dtype != torch.float32:
-        return 64, 32, block_d, 8
-    if block_d <= 128:
-        return 32, 32, block_d, 8
-    return (16, 16, block_d, 8) if backward else (16, 32, block_d, 8)
+        block_m, block_n, warps = (64, 64, 8) if exact else (64, 64, 4)
+    elif block_d <= 64:
+        block_m, block_n, warps = (16, 32, 8) if exact else (64, 32, 8)
+    elif block_d <= 128:
+        block_m, block_n, warps = (16, 16, 8) if exact else (32, 32, 8) if backward else (64, 32, 8)
+    else:
+        block_m, block_n, warps = (16, 16, 8) if exact or backward else (16, 32, 8)
+    return block_m, block_n, block_d, warps
 
 
 def strides(tensors: list[Tensor]) -> tuple[tuple[int, int, int, int], ...]:
