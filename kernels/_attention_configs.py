@@ -1,0 +1,100 @@
+"""Autotune configs of the attention kernels and the rules that prune them for the GPU at hand.
+
+Each kernel has its own tiles (the backward's dK/dV kernel keeps a key block and two
+accumulators resident, the forward a query block and one). A rule drops, before the autotuner
+compiles anything, every tile that cannot run well on the target:
+- shared memory: an estimate of what the compiled kernel allocates (pipelined K/V or Q/dO
+  buffers per stage, plus the layout-conversion scratch) must fit the target's limit per block;
+- registers: the fp32 accumulators and score tiles a thread holds must fit a budget that leaves
+  room for operands, or ptxas spills (4-warp 128-row forward tiles spill at head dims 96-128);
+- fp32 without TF32 has no tensor-core path: only small tiles.
+tests/kernels/test_aot_compile.py compiles every surviving config for sm_80 and sm_90a and
+holds the rules to the compiled binaries (shared memory within the limit, no spills), and
+checks the estimate is never below the compiled size.
+"""
+from __future__ import annotations
+
+import triton
+from vidcore.kernels._attention_common import INTERPRET
+from vidcore.kernels._target import target_of
+
+__all__ = ["dkdv_autotune", "dq_autotune", "fwd_autotune", "shared_estimate"]
+
+# (BLOCK_M query rows, BLOCK_N keys, warps, stages)
+_FWD_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3),
+              (64, 128, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
+_DKDV_TILES = [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3),
+               (16, 32, 4, 2)]
+_DQ_TILES = [(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 64, 4, 2),
+             (32, 32, 4, 2), (16, 32, 4, 2)]
+_INTERPRETED = [(16, 16, 4, 1)]  # the interpreter: one small tile, nothing to tune
+
+
+def _configs(tiles: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in (_INTERPRETED if INTERPRET else tiles)]
+
+
+def shared_estimate(kind: str, block_m: int, block_n: int, block_d: int, stages: int,
+                    elem: int) -> int:
+    """Bytes of shared memory the compiled kernel allocates (an upper estimate): the tiles the
+    main loop streams, one buffer per pipeline stage, plus the resident operand tiles that
+    tl.dot reads from shared memory."""
+    if kind == "fwd":  # streams K and V; Q resident
+        return stages * 2 * block_n * block_d * elem + block_m * block_d * elem
+    if kind == "dkdv":  # streams Q and dO (+ lse, delta); K and V resident
+        return (stages * (2 * block_m * block_d * elem + 8 * block_m)
+                + 2 * block_n * block_d * elem + block_m * block_n * elem)
+    # dq: streams K and V; Q and dO resident
+    return stages * 2 * block_n * block_d * elem + 2 * block_m * block_d * elem
+
+
+def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: int) -> bool:
+    """fp32 values per thread of the accumulators and score tiles within a budget (of 255
+    registers, the rest holds operands and addresses)."""
+    threads = 32 * warps
+    if kind == "fwd":  # acc [M, D], scores/probs [M, N]
+        held = block_m * block_d + 2 * block_m * block_n
+    elif kind == "dkdv":  # dk, dv [N, D]; scores, dP [M, N]
+        held = 2 * block_n * block_d + 2 * block_m * block_n
+    else:  # dq [M, D]; scores, dP [M, N]
+        held = block_m * block_d + 2 * block_m * block_n
+    return held / threads <= 160
+
+
+def _prune(kind: str):
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        if INTERPRET:
+            return configs
+        q = named_args["q_ptr"]
+        target = target_of(q.device)
+        block_d = kwargs["BLOCK_D"]
+        elem = q.element_size()
+        exact_fp32 = kwargs["DOT_PRECISION"] == "ieee"
+        kept = []
+        for c in configs:
+            m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            if exact_fp32 and m * n > 64 * 32:
+                continue
+            if shared_estimate(kind, m, n, block_d, c.num_stages, elem) > target.max_shared:
+                continue
+            if not _registers_fit(kind, m, n, block_d, c.num_warps):
+                continue
+            kept.append(c)
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return prune
+
+
+def _autotune(kind: str, tiles: list[tuple[int, int, int, int]]):
+    # Tuned once per head dim, mask kind and dtype (the autotuner adds tensor dtypes to the
+    # key); varlen shapes change every call, so lengths are not part of the key. Every kernel
+    # fully overwrites its outputs, so benchmark reruns are harmless.
+    return triton.autotune(configs=_configs(tiles),
+                           key=["HEAD_DIM", "CAUSAL", "HAS_RANGE", "HAS_WINDOW", "SOFTCAP",
+                                "DOT_PRECISION"],
+                           prune_configs_by={"early_config_prune": _prune(kind)})
+
+
+fwd_autotune = _autotune("fwd", _FWD_TILES)
+dkdv_autotune = _autotune("dkdv", _DKDV_TILES)
+dq_autotune = _autotune("dq", _DQ_TILES)
