@@ -88,16 +88,22 @@ def _targeting(target: Target) -> Iterator[None]:
         driver._active = saved
 
 
-def _configs(launch: Launch) -> tuple[object, list]:
-    """The JIT function and the configs the autotuner would try (after the kernel's pruning)."""
+def _configs(launch: Launch, largest_only: bool) -> tuple[object, list]:
+    """The JIT function and the configs the autotuner would try (after the kernel's pruning),
+    or only the largest of them (tile area, then stages: the likeliest to run out of shared
+    memory or registers)."""
     kernel = launch.kernel
     if not isinstance(kernel, Autotuner):
         return kernel, [None]
     kernel.nargs = dict(zip(kernel.arg_names, launch.args, strict=False))
     try:
-        return kernel.fn, kernel.prune_configs(dict(launch.kwargs))
+        configs = kernel.prune_configs(dict(launch.kwargs))
     finally:
         kernel.nargs = None
+    if largest_only:
+        configs = [max(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
+                                               c.num_stages))]
+    return kernel.fn, configs
 
 
 def _cubin_usage(cubin: bytes) -> tuple[int, int]:
@@ -123,13 +129,14 @@ def _describe(config) -> str:
     return f"{blocks},w{config.num_warps},s{config.num_stages}"
 
 
-def compile_launches(launches: list[Launch], case: str, target_name: str) -> list[KernelResources]:
+def compile_launches(launches: list[Launch], case: str, target_name: str,
+                     largest_only: bool = False) -> list[KernelResources]:
     """Compiles every recorded launch for the target, once per surviving autotune config."""
     target = TARGETS[target_name]
     rows = []
     with _targeting(target):
         for launch in launches:
-            jit, configs = _configs(launch)
+            jit, configs = _configs(launch, largest_only)
             for config in configs:
                 meta = {**launch.kwargs, **(config.all_kwargs() if config else {})}
                 start = time.perf_counter()
@@ -149,12 +156,12 @@ def compile_launches(launches: list[Launch], case: str, target_name: str) -> lis
     return rows
 
 
-def compile_case(case, target_name: str) -> list[KernelResources]:
+def compile_case(case, target_name: str, largest_only: bool = False) -> list[KernelResources]:
     """Runs the case's launcher under `record_launches` (planning for the target) and compiles
     what it launched."""
     with compile_target(TARGETS[target_name]), record_launches() as launches:
         case.run()
-    return compile_launches(launches, case.name, target_name)
+    return compile_launches(launches, case.name, target_name, largest_only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
     parser.add_argument("--matrix", choices=("ci", "full"), default="ci")
     parser.add_argument("--match", default="", help="only cases whose name contains this")
+    parser.add_argument("--largest-only", action="store_true",
+                        help="compile only the largest surviving config of each kernel")
     parser.add_argument("--json", type=Path, help="write the rows here (default: stdout)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for target_name in args.targets.split(","):
         for case in select_cases(args.matrix, args.match):
-            rows += [asdict(r) for r in compile_case(case, target_name)]
+            rows += [asdict(r) for r in compile_case(case, target_name, args.largest_only)]
     text = json.dumps(rows, indent=1)
     if args.json:
         args.json.write_text(text)

@@ -1,8 +1,8 @@
 """Autotune configs of the attention kernels and the rules that prune them for the GPU at hand.
 
-Each kernel has its own tiles (the backward's dK/dV kernel keeps a key block and two
-accumulators resident, the forward a query block and one). A rule drops, before the autotuner
-compiles anything, every tile that cannot run well on the target:
+Each kernel has its own tiles (the backward keeps a key block and two accumulators resident
+and streams query blocks, the forward keeps a query block and one accumulator). A rule drops,
+before the autotuner compiles anything, every tile that cannot run well on the target:
 - shared memory: an estimate of what the compiled kernel allocates (pipelined K/V or Q/dO
   buffers per stage, plus the layout-conversion scratch) must fit the target's limit per block;
 - registers: the fp32 accumulators and score tiles a thread holds must fit a budget that leaves
@@ -18,15 +18,13 @@ import triton
 from vidcore.kernels._attention_common import INTERPRET
 from vidcore.kernels._target import target_of
 
-__all__ = ["dkdv_autotune", "dq_autotune", "fwd_autotune", "shared_estimate"]
+__all__ = ["bwd_autotune", "fwd_autotune", "shared_estimate"]
 
 # (BLOCK_M query rows, BLOCK_N keys, warps, stages)
 _FWD_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3),
               (64, 128, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
-_DKDV_TILES = [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3),
-               (16, 32, 4, 2)]
-_DQ_TILES = [(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 64, 4, 2),
-             (32, 32, 4, 2), (16, 32, 4, 2)]
+_BWD_TILES = [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 2),
+              (16, 32, 4, 2)]
 _INTERPRETED = [(16, 16, 4, 1)]  # the interpreter: one small tile, nothing to tune
 
 
@@ -42,11 +40,10 @@ def shared_estimate(kind: str, block_m: int, block_n: int, block_d: int, stages:
     tl.dot reads from shared memory."""
     if kind == "fwd":  # streams K and V; Q resident
         return stages * 2 * block_n * block_d * elem + block_m * block_d * elem
-    if kind == "dkdv":  # streams Q and dO (+ lse, delta); K and V resident
-        return (stages * (2 * block_m * block_d * elem + 8 * block_m)
-                + 2 * block_n * block_d * elem + block_m * block_n * elem)
-    # dq: streams K and V; Q and dO resident
-    return stages * 2 * block_n * block_d * elem + 2 * block_m * block_d * elem
+    # bwd: streams Q and dO (+ lse, delta); K and V resident; dS^T for the dQ GEMM and dQ's
+    # float32 tile on its way to the atomic adds
+    return (stages * (2 * block_m * block_d * elem + 8 * block_m) + 2 * block_n * block_d * elem
+            + block_m * block_n * elem + block_m * block_d * 4)
 
 
 def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: int) -> bool:
@@ -55,10 +52,8 @@ def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: i
     threads = 32 * warps
     if kind == "fwd":  # acc [M, D], scores/probs [M, N]
         held = block_m * block_d + 2 * block_m * block_n
-    elif kind == "dkdv":  # dk, dv [N, D]; scores, dP [M, N]
-        held = 2 * block_n * block_d + 2 * block_m * block_n
-    else:  # dq [M, D]; scores, dP [M, N]
-        held = block_m * block_d + 2 * block_m * block_n
+    else:  # dk, dv [N, D]; scores, dP [N, M]; dq [M, D]
+        held = 2 * block_n * block_d + 2 * block_m * block_n + block_m * block_d
     return held / threads <= 160
 
 
@@ -96,5 +91,4 @@ def _autotune(kind: str, tiles: list[tuple[int, int, int, int]]):
 
 
 fwd_autotune = _autotune("fwd", _FWD_TILES)
-dkdv_autotune = _autotune("dkdv", _DKDV_TILES)
-dq_autotune = _autotune("dq", _DQ_TILES)
+bwd_autotune = _autotune("bwd", _BWD_TILES)

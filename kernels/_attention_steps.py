@@ -1,4 +1,4 @@
-"""The inner steps of the attention backward kernels (one query block x one key block).
+"""The inner step of the attention backward kernel (one query block x one key block).
 
 `masked` is a constexpr where the caller knows it (the unmasked middle of a span) and a runtime
 flag where it does not (frame ranges decide per query block).
@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 from vidcore.kernels._attention_common import _frame_ranges, _load_rows, _scores, _visible
 
-__all__ = ["_dkdv_step", "_dq_step", "_row_stats"]
+__all__ = ["_bwd_step", "_row_stats"]
 
 
 @triton.jit
@@ -23,14 +23,35 @@ def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr, range_ptr,
-               q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h, score_scale, cap_log2,
-               tokens_per_frame, window_left, window_right, masked, CAUSAL: tl.constexpr,
-               HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-               UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
-               ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dv += P^T dO and dk += dS^T Q (unscaled) from query rows row0 : row0 + BLOCK_M of one
-    head, computed transposed ([keys, queries]) so no tile needs a layout change."""
+def _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, rows, row_mask, head, stride_q_n,
+                   stride_q_h, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   ALIGN: tl.constexpr):
+    """dq_acc[rows, head] += dq in a fixed order: the key blocks that contribute to a query
+    block take turns, lowest first, so the float32 sums are identical run to run. `turn` is this
+    key block's rank among them; the lock counts the contributions added so far. Only lower
+    program ids are waited on (they were started first), so the wait always ends."""
+    while tl.atomic_add(lock_ptr, 0, sem="acquire") != turn:
+        pass
+    dims = tl.arange(0, BLOCK_D)
+    offs = ((q_start + rows)[:, None] * stride_q_n + head * stride_q_h) * ALIGN + dims[None, :]
+    tl.atomic_add(dq_acc_ptr + offs, dq, mask=row_mask[:, None] & (dims[None, :] < HEAD_DIM),
+                  sem="relaxed")
+    tl.debug_barrier()  # every thread's adds precede the release
+    tl.atomic_xchg(lock_ptr, turn + 1, sem="release")
+
+
+@triton.jit
+def _bwd_step(dk, dv, k, v, cols, row0, head, turn, contributes, lock_ptr, q_ptr, do_ptr, lse_ptr, delta_ptr,
+              dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h,
+              score_scale, cap_log2, tokens_per_frame, window_left, window_right, masked,
+              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    """One query block x one key block, five GEMMs: S^T = K Q^T, dP^T = V dO^T, then
+    dv += P^T dO, dk += dS^T Q (unscaled) and, if the key block `contributes` to the query
+    block's dq (the forward visits it), dq_acc += dS K (unscaled, in turn). Computed transposed
+    ([keys, queries]) so the key-side tiles need no layout change."""
     rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < q_len
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D,
@@ -51,32 +72,10 @@ def _dkdv_step(dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr
     dscores_t = probs_t * (dprobs_t - delta[None, :])
     if SOFTCAP:
         dscores_t *= 1.0 - tanh_t * tanh_t
-    dk += tl.dot(dscores_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    dscores_t = dscores_t.to(q.dtype)
+    dk += tl.dot(dscores_t, q, input_precision=DOT_PRECISION)
+    dq = tl.dot(tl.trans(dscores_t), k, input_precision=DOT_PRECISION)
+    if contributes:
+        _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, rows, row_mask, head,
+                       stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D, ALIGN)
     return dk, dv
-
-
-@triton.jit
-def _dq_step(dq, q, do, lse2, delta, key0, rows, start, end, k_ptr, v_ptr, k_start, k_len, q_len,
-             kv_head, stride_k_n, stride_k_h, score_scale, cap_log2, tokens_per_frame,
-             window_left, window_right, masked, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-             DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dq += dS K over keys key0 : key0 + BLOCK_N (unscaled)."""
-    cols = key0 + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
-    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
-    scores, tanh = _scores(q, tl.trans(k), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
-    probs = tl.exp2(scores - lse2[:, None])
-    if masked:
-        visible = _visible(rows[:, None], cols[None, :], start[:, None], end[:, None], q_len,
-                           k_len, tokens_per_frame, window_left, window_right, CAUSAL, HAS_RANGE,
-                           HAS_WINDOW)
-        probs = tl.where(visible, probs, 0.0)
-    dscores = probs * (tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) - delta[:, None])
-    if SOFTCAP:
-        dscores *= 1.0 - tanh * tanh
-    return dq + tl.dot(dscores.to(k.dtype), k, input_precision=DOT_PRECISION)

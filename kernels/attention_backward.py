@@ -3,13 +3,16 @@
 With P = softmax(S), delta_i = sum_d dO_i * O_i - dlse_i and S the (softcapped) scores:
   dV = P^T dO,  dS = P * (dO V^T - delta) [* (1 - tanh^2) with a softcap],
   dK = scale * dS^T Q,  dQ = scale * dS K.
-Three kernels, no atomics (the gradients are bit-identical run to run):
+Three kernels, and the gradients are bit-identical run to run:
 - delta: one pass over dO and O writing only [Hq, total_q] float32;
-- dK/dV: one program per (key block, sequence, key/value head), accumulating over every query
-  head of its group (the GQA reduction) and every query block that sees its keys. Without frame
-  ranges the visible query blocks form one interval, walked as masked edge blocks around an
-  unmasked middle, three loops whose loads Triton software-pipelines (cp.async / TMA);
-- dQ: one program per (query block, sequence, query head) over the key span the forward visited.
+- the main kernel: one program per (key block, sequence, key/value head), five GEMMs per tile
+  pair. It accumulates dK and dV over every query head of its group (the GQA reduction) and every
+  query block that sees its keys, and adds each tile's dQ share to a float32 dQ buffer, the key
+  blocks of a query block taking turns in key order (a lock per query block and head), so the
+  sums are deterministic without recomputing S and dP in a second pass (the 7-GEMM scheme).
+  Without frame ranges the visible query blocks form one interval, walked as masked edge blocks
+  around an unmasked middle, loops whose loads Triton software-pipelines (cp.async);
+- dq: scales the float32 buffer into dQ's dtype.
 Programs are flattened onto grid axis 0 (axes 1 and 2 stop at 65535), longest first.
 """
 from __future__ import annotations
@@ -23,7 +26,6 @@ from vidcore.kernels._attention_common import (
     _frame_ranges,
     _key_span,
     _load_rows,
-    _query_tile,
     _seq_bounds,
     _store_rows,
     dot_precision,
@@ -31,13 +33,14 @@ from vidcore.kernels._attention_common import (
     score_params,
     window_bounds,
 )
-from vidcore.kernels._attention_configs import dkdv_autotune, dq_autotune
-from vidcore.kernels._attention_steps import _dkdv_step, _dq_step, _row_stats
+from vidcore.kernels._attention_configs import bwd_autotune
+from vidcore.kernels._attention_steps import _bwd_step
 from vidcore.kernels._launch import check_grid, launch
 
 __all__ = ["attention_bwd"]
 
-_DELTA_ROWS = 64
+_ROWS = 64  # rows per program of the delta and dq passes
+_MIN_BLOCK_M = 16  # the smallest BLOCK_M of any config: locks are sized for it
 
 
 @triton.jit
@@ -88,13 +91,27 @@ def _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL: tl
     return row_lo, row_hi, mid_lo, mid_hi
 
 
-@dkdv_autotune
-@triton.jit(do_not_specialize=["batch", "tokens_per_frame", "window_left", "window_right"])
-def _attention_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
+@triton.jit
+def _dq_turn(row0, first_col, q_len, k_len, window_left, window_right, CAUSAL: tl.constexpr,
+             HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Without frame ranges: (rank of key block first_col among the key blocks the forward
+    visits for query block row0, whether it is one of them)."""
+    rows = row0 + tl.arange(0, BLOCK_M)
+    start = tl.zeros([BLOCK_M], tl.int32)
+    lo, hi, _, _ = _key_span(row0, rows < q_len, q_len, k_len, start, start, 1, window_left,
+                             window_right, CAUSAL, False, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    return (first_col - lo) // BLOCK_N, (lo <= first_col) & (first_col < hi)
+
+
+@bwd_autotune
+@triton.jit(do_not_specialize=["batch", "tokens_per_frame", "window_left", "window_right",
+                               "lock_blocks"])
+def _attention_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dq_acc_ptr, lock_ptr,
+    cu_q_ptr, cu_k_ptr, range_ptr,
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
-    batch, heads_kv, group, score_scale, cap_log2, scale, tokens_per_frame, window_left,
-    window_right,
+    batch, heads_kv, group, lock_blocks, score_scale, cap_log2, scale, tokens_per_frame,
+    window_left, window_right,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr,
@@ -103,7 +120,8 @@ def _attention_bwd_dkdv_kernel(
     pid = tl.program_id(0)
     kv_head = pid % heads_kv
     seq = pid // heads_kv % batch
-    # Key block 0 first: under a causal mask the first keys are seen by the most queries.
+    # Key block 0 first: under a causal mask the first keys are seen by the most queries; and
+    # a key block only waits on lower ones, which were started before it.
     first_col = pid // heads_kv // batch * BLOCK_N
     q_start, q_len, k_start, k_len = _seq_bounds(cu_q_ptr, cu_k_ptr, seq)
     if first_col >= k_len:
@@ -119,6 +137,8 @@ def _attention_bwd_dkdv_kernel(
     row_lo, row_hi, mid_lo, mid_hi = _visible_rows(first_col, q_len, k_len, window_left,
                                                    window_right, CAUSAL, HAS_WINDOW, BLOCK_M,
                                                    BLOCK_N)
+    # One lock per (query block of BLOCK_M rows, query head); lock_blocks per sequence.
+    locks = lock_ptr + seq.to(tl.int64) * lock_blocks * heads_kv * group
     for member in range(group):
         head = kv_head * group + member
         if HAS_RANGE:
@@ -132,90 +152,45 @@ def _attention_bwd_dkdv_kernel(
                     window_right, CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
                 if (lo <= first_col) & (first_col < hi):
                     whole = (full_lo <= first_col) & (first_col + BLOCK_N <= full_hi)
-                    dk, dv = _dkdv_step(
-                        dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr,
-                        range_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h,
-                        score_scale, cap_log2, tokens_per_frame, window_left, window_right,
-                        whole == 0, CAUSAL, HAS_RANGE, HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION,
-                        HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
+                    dk, dv = _bwd_step(
+                        dk, dv, k, v, cols, row0, head, (first_col - lo) // BLOCK_N, True,
+                        locks + row0 // BLOCK_M * heads_kv * group + head, q_ptr, do_ptr, lse_ptr,
+                        delta_ptr, dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n,
+                        stride_q_h, stride_l_h, score_scale, cap_log2, tokens_per_frame,
+                        window_left, window_right, whole == 0, CAUSAL, HAS_RANGE, HAS_WINDOW,
+                        SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
         else:  # one interval of query blocks: masked edges around an unmasked middle
-            for row0 in range(row_lo, mid_lo, BLOCK_M):
-                dk, dv = _dkdv_step(
-                    dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr, range_ptr,
-                    q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
-                    cap_log2, tokens_per_frame, window_left, window_right, True, CAUSAL,
-                    HAS_RANGE, HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN,
-                    BLOCK_M, BLOCK_D)
-            for row0 in range(mid_lo, mid_hi, BLOCK_M):
-                dk, dv = _dkdv_step(
-                    dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr, range_ptr,
-                    q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
-                    cap_log2, tokens_per_frame, window_left, window_right, False, CAUSAL,
-                    HAS_RANGE, HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN,
-                    BLOCK_M, BLOCK_D)
-            for row0 in range(mid_hi, row_hi, BLOCK_M):
-                dk, dv = _dkdv_step(
-                    dk, dv, k, v, cols, row0, head, q_ptr, do_ptr, lse_ptr, delta_ptr, range_ptr,
-                    q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
-                    cap_log2, tokens_per_frame, window_left, window_right, True, CAUSAL,
-                    HAS_RANGE, HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN,
-                    BLOCK_M, BLOCK_D)
+            for row0 in range(row_lo, row_hi, BLOCK_M):
+                turn, contributes = _dq_turn(row0, first_col, q_len, k_len, window_left,
+                                             window_right, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+                dk, dv = _bwd_step(
+                    dk, dv, k, v, cols, row0, head, turn, contributes,
+                    locks + row0 // BLOCK_M * heads_kv * group + head, q_ptr, do_ptr, lse_ptr,
+                    delta_ptr, dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n,
+                    stride_q_h, stride_l_h, score_scale, cap_log2, tokens_per_frame, window_left,
+                    window_right, (row0 < mid_lo) | (row0 >= mid_hi), CAUSAL, HAS_RANGE,
+                    HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
     _store_rows(dk_ptr, dk * scale, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h,
                 HEAD_DIM, BLOCK_D, ALIGN)
     _store_rows(dv_ptr, dv, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
                 BLOCK_D, ALIGN)
 
 
-@dq_autotune
-@triton.jit(do_not_specialize=["batch", "tokens_per_frame", "window_left", "window_right"])
+@triton.jit
 def _attention_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
-    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
-    batch, heads, group, score_scale, cap_log2, scale, tokens_per_frame, window_left,
-    window_right,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    dq_acc_ptr, dq_ptr, total_q, heads, stride_n, stride_h, scale,
+    HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    head = pid % heads
-    seq = pid // heads % batch
-    from_last = pid // heads // batch  # each sequence's last (under causal: longest) block first
-    q_start, q_len, k_start, k_len = _seq_bounds(cu_q_ptr, cu_k_ptr, seq)
-    first_row = (tl.cdiv(q_len, BLOCK_M) - 1 - from_last) * BLOCK_M
-    if first_row < 0:
-        return
-    rows, row_mask, start, end, lo, hi, mid_lo, mid_hi = _query_tile(
-        range_ptr, q_start, q_len, k_len, first_row, tokens_per_frame, window_left, window_right,
-        CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    kv_head = head // group
-    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D,
-                   ALIGN, UPCAST)
-    do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM,
-                    BLOCK_D, ALIGN, UPCAST)
-    lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for key0 in range(lo, mid_lo, BLOCK_N):
-        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, start, end, k_ptr, v_ptr, k_start,
-                      k_len, q_len, kv_head, stride_k_n, stride_k_h, score_scale, cap_log2,
-                      tokens_per_frame, window_left, window_right, True, CAUSAL, HAS_RANGE,
-                      HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N,
-                      BLOCK_D)
-    for key0 in range(mid_lo, mid_hi, BLOCK_N):
-        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, start, end, k_ptr, v_ptr, k_start,
-                      k_len, q_len, kv_head, stride_k_n, stride_k_h, score_scale, cap_log2,
-                      tokens_per_frame, window_left, window_right, False, CAUSAL, HAS_RANGE,
-                      HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N,
-                      BLOCK_D)
-    for key0 in range(mid_hi, hi, BLOCK_N):
-        dq = _dq_step(dq, q, do, lse2, delta, key0, rows, start, end, k_ptr, v_ptr, k_start,
-                      k_len, q_len, kv_head, stride_k_n, stride_k_h, score_scale, cap_log2,
-                      tokens_per_frame, window_left, window_right, True, CAUSAL, HAS_RANGE,
-                      HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N,
-                      BLOCK_D)
-    _store_rows(dq_ptr, dq * scale, q_start, rows, row_mask, head, stride_q_n, stride_q_h,
-                HEAD_DIM, BLOCK_D, ALIGN)
+    """dq = scale * dq_acc in dq's dtype."""
+    pid = tl.program_id(0).to(tl.int64)
+    row_blocks = tl.cdiv(total_q, BLOCK_M)
+    head = pid // row_blocks
+    rows = pid % row_blocks * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < total_q
+    dq = _load_rows(dq_acc_ptr, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM, BLOCK_D,
+                    ALIGN, False)
+    _store_rows(dq_ptr, dq * scale, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM,
+                BLOCK_D, ALIGN)
 
 
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
@@ -226,50 +201,48 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Launcher: (dq, dk, dv) like (q, k, v). q, k, v, out, grad_out are made contiguous so that
     q/out/grad_out and k/v share strides. `grad_lse` [Hq, total_q] (the gradient of lse, or
-    None) enters only through delta."""
+    None) enters only through delta. Extra memory: delta [Hq, total_q] and a float32 dQ
+    buffer like q (as flash-attention's dq_accum), plus one int32 lock per query block and head."""
     q, k, v, out, grad_out = (t.contiguous() for t in (q, k, v, out, grad_out))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     batch = cu_seqlens_q.shape[0] - 1
     if batch == 0 or (q.numel() == 0 and k.numel() == 0):
-        return dq, dk.zero_(), dv.zero_()
+        return dq.zero_(), dk.zero_(), dv.zero_()
     total_q, heads, head_dim = q.shape
     heads_kv = k.shape[1]
     align = row_alignment(q, k)
     block_d = max(16, triton.next_power_of_2(head_dim))
+    rows_grid = (check_grid("attention_backward", triton.cdiv(total_q, _ROWS) * heads),)
     lse = lse.float().contiguous()
-    delta = torch.empty_like(lse)  # [Hq, total_q] float32, the only extra memory
+    delta = torch.empty_like(lse)  # [Hq, total_q] float32
     if total_q > 0:
-        launch(_attention_bwd_delta_kernel,
-               (check_grid("attention_backward", triton.cdiv(total_q, _DELTA_ROWS) * heads),),
-               out, grad_out, grad_lse.float().contiguous() if grad_lse is not None else lse,
-               delta, total_q, heads, q.stride(0) // align, q.stride(1) // align, lse.stride(0),
-               HAS_GRAD_LSE=grad_lse is not None, HEAD_DIM=head_dim, ALIGN=align,
-               BLOCK_M=_DELTA_ROWS, BLOCK_D=block_d, device=q.device)
+        launch(_attention_bwd_delta_kernel, rows_grid, out, grad_out,
+               grad_lse.float().contiguous() if grad_lse is not None else lse, delta, total_q,
+               heads, q.stride(0) // align, q.stride(1) // align, lse.stride(0),
+               HAS_GRAD_LSE=grad_lse is not None, HEAD_DIM=head_dim, ALIGN=align, BLOCK_M=_ROWS,
+               BLOCK_D=block_d, device=q.device)
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lock_blocks = triton.cdiv(max(max_seqlen_q, 1), _MIN_BLOCK_M)  # for any config's BLOCK_M
+    locks = torch.zeros(batch, lock_blocks, heads, dtype=torch.int32, device=q.device)
     has_window, left, right = window_bounds("attention_backward", window_left, window_right,
                                             max_seqlen_q, max_seqlen_k)
     score_scale, cap_log2 = score_params(scale, softcap)
     has_range = q_frame_range is not None
-    args = (cu_seqlens_q, cu_seqlens_k, q_frame_range if has_range else cu_seqlens_q,
-            q.stride(0) // align, q.stride(1) // align, k.stride(0) // align,
-            k.stride(1) // align, lse.stride(0), batch)
-    scalars = (heads // heads_kv, score_scale, cap_log2, scale, max(tokens_per_frame, 1), left,
-               right)
-    meta = dict(HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_RANGE=has_range,
-                HAS_WINDOW=has_window, SOFTCAP=softcap > 0,
-                UPCAST=INTERPRET or q.dtype == torch.float32,
-                DOT_PRECISION=dot_precision(q.dtype), ALIGN=align, BLOCK_D=block_d,
-                device=q.device)
 
-    def grid_kv(meta: dict) -> tuple[int]:
+    def grid(meta: dict) -> tuple[int]:
         blocks = triton.cdiv(max(max_seqlen_k, 1), meta["BLOCK_N"])
         return (check_grid("attention_backward", blocks * batch * heads_kv),)
 
-    def grid_q(meta: dict) -> tuple[int]:
-        blocks = triton.cdiv(max(max_seqlen_q, 1), meta["BLOCK_M"])
-        return (check_grid("attention_backward", blocks * batch * heads),)
-
-    launch(_attention_bwd_dkdv_kernel, grid_kv, q, k, v, grad_out, lse, delta, dk, dv, *args,
-           heads_kv, *scalars, **meta)
-    launch(_attention_bwd_dq_kernel, grid_q, q, k, v, grad_out, lse, delta, dq, *args, heads,
-           *scalars, **meta)
+    launch(_attention_bwd_kernel, grid, q, k, v, grad_out, lse, delta, dk, dv, dq_acc, locks,
+           cu_seqlens_q, cu_seqlens_k, q_frame_range if has_range else cu_seqlens_q,
+           q.stride(0) // align, q.stride(1) // align, k.stride(0) // align,
+           k.stride(1) // align, lse.stride(0), batch, heads_kv, heads // heads_kv, lock_blocks,
+           score_scale, cap_log2, scale, max(tokens_per_frame, 1), left, right,
+           HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_RANGE=has_range, HAS_WINDOW=has_window,
+           SOFTCAP=softcap > 0, UPCAST=INTERPRET or q.dtype == torch.float32,
+           DOT_PRECISION=dot_precision(q.dtype), ALIGN=align, BLOCK_D=block_d, device=q.device)
+    if total_q > 0:
+        launch(_attention_bwd_dq_kernel, rows_grid, dq_acc, dq, total_q, heads,
+               q.stride(0) // align, q.stride(1) // align, scale, HEAD_DIM=head_dim, ALIGN=align,
+               BLOCK_M=_ROWS, BLOCK_D=block_d, device=q.device)
     return dq, dk, dv
