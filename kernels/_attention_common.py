@@ -123,22 +123,36 @@ def _store_rows(ptr, value, seq_start, rows, row_mask, head, stride_n, stride_h,
 
 
 @triton.jit
-def _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE: tl.constexpr):
-    """Per-row [start, end) frame range (int32), or an unbounded range without ranges."""
+def _key_bounds(range_ptr, q_start, rows, row_mask, k_len, tokens_per_frame,
+                HAS_RANGE: tl.constexpr):
+    """Per-row keys [key_lo, key_hi) that the frame range [start, end) allows:
+    start <= j // tokens_per_frame < end  <=>  start * tpf <= j < end * tpf (for j >= 0), the
+    frames clamped to [0, k_len] first so the int64 products end within int32. Without ranges,
+    every key ([0, k_len))."""
     if HAS_RANGE:
         start = tl.load(range_ptr + (q_start + rows) * 2, mask=row_mask, other=0)
         end = tl.load(range_ptr + (q_start + rows) * 2 + 1, mask=row_mask, other=0)
+        key_lo = _frames_to_keys(start, tokens_per_frame, k_len)
+        key_hi = _frames_to_keys(end, tokens_per_frame, k_len)
     else:
-        start = tl.zeros(rows.shape, tl.int32)
-        end = tl.full(rows.shape, 2**31 - 1, tl.int32)
-    return start, end
+        key_lo = tl.zeros(rows.shape, tl.int32)
+        key_hi = tl.zeros(rows.shape, tl.int32) + k_len
+    return key_lo, key_hi
 
 
 @triton.jit
-def _visible(rows, cols, start, end, q_len, k_len, tokens_per_frame, window_left, window_right,
+def _frames_to_keys(frames, tokens_per_frame, k_len):
+    """clamp(frames, 0, k_len) * tokens_per_frame, clamped to k_len, as int32 (the product in
+    int64: a frame index below k_len times tokens_per_frame stays far below 2^63)."""
+    frames = tl.minimum(tl.maximum(frames, 0), k_len).to(tl.int64)
+    return tl.minimum(frames * tokens_per_frame, k_len).to(tl.int32)
+
+
+@triton.jit
+def _visible(rows, cols, key_lo, key_hi, q_len, k_len, window_left, window_right,
              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """Which keys the query rows see (the module docstring's rule), elementwise over operands
-    that broadcast to the tile: rows, start, end as [M, 1] and cols as [1, N] give an [M, N]
+    that broadcast to the tile: rows, key_lo, key_hi as [M, 1] and cols as [1, N] give an [M, N]
     mask, rows as [1, M] and cols as [N, 1] the transposed one."""
     diagonal = rows + (k_len - q_len)  # i'
     visible = (rows < q_len) & (cols < k_len)
@@ -147,21 +161,14 @@ def _visible(rows, cols, start, end, q_len, k_len, tokens_per_frame, window_left
     if HAS_WINDOW:
         visible &= (cols >= diagonal - window_left) & (cols <= diagonal + window_right)
     if HAS_RANGE:
-        frame = cols // tokens_per_frame
-        visible &= (start <= frame) & (frame < end)
+        visible &= (cols >= key_lo) & (cols < key_hi)
     return visible
 
 
 @triton.jit
-def _frames_to_keys(frames, tokens_per_frame, k_len):
-    """min(frames * tokens_per_frame, k_len) as int32, the product taken in int64."""
-    return tl.minimum(frames.to(tl.int64) * tokens_per_frame, k_len).to(tl.int32)
-
-
-@triton.jit
-def _key_span(first_row, row_mask, q_len, k_len, start, end, tokens_per_frame, window_left,
-              window_right, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
-              HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _key_span(first_row, row_mask, q_len, k_len, key_lo, key_hi, window_left, window_right,
+              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[lo, hi): the keys that some query of the block sees, and [mid_lo, mid_hi) inside it:
     whole key blocks that every query of the block sees, which need no mask. lo and the middle
     are aligned to BLOCK_N; an empty range in the block makes the middle empty."""
@@ -180,16 +187,11 @@ def _key_span(first_row, row_mask, q_len, k_len, start, end, tokens_per_frame, w
         lo = tl.maximum(lo, first_row - window_left + shift)
         full_lo = tl.maximum(full_lo, last_row - window_left + shift)
     if HAS_RANGE:
-        nonempty = row_mask & (start < end)
-        # Frames clamped to k_len, then int64 products clamped back to k_len: no overflow.
-        first = tl.min(tl.where(nonempty, tl.minimum(start, k_len), k_len))
-        last = tl.max(tl.where(nonempty, tl.minimum(end, k_len), 0))
-        common_start = tl.minimum(tl.max(tl.where(row_mask, start, 0)), k_len)
-        common_end = tl.minimum(tl.min(tl.where(row_mask, end, k_len)), k_len)
-        lo = tl.maximum(lo, _frames_to_keys(first, tokens_per_frame, k_len))
-        hi = tl.minimum(hi, _frames_to_keys(last, tokens_per_frame, k_len))
-        full_lo = tl.maximum(full_lo, _frames_to_keys(common_start, tokens_per_frame, k_len))
-        full_hi = tl.minimum(full_hi, _frames_to_keys(common_end, tokens_per_frame, k_len))
+        nonempty = row_mask & (key_lo < key_hi)
+        lo = tl.maximum(lo, tl.min(tl.where(nonempty, key_lo, k_len)))
+        hi = tl.minimum(hi, tl.max(tl.where(nonempty, key_hi, 0)))
+        full_lo = tl.maximum(full_lo, tl.max(tl.where(row_mask, key_lo, 0)))
+        full_hi = tl.minimum(full_hi, tl.min(tl.where(row_mask, key_hi, k_len)))
     lo = lo // BLOCK_N * BLOCK_N
     mid_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
     mid_hi = tl.maximum(tl.minimum(full_hi // BLOCK_N * BLOCK_N, hi), mid_lo)
@@ -203,8 +205,9 @@ def _query_tile(range_ptr, q_start, q_len, k_len, first_row, tokens_per_frame, w
     """A query block's rows, frame ranges and key spans (see _key_span)."""
     rows = first_row + tl.arange(0, BLOCK_M)
     row_mask = rows < q_len
-    start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
-    lo, hi, mid_lo, mid_hi = _key_span(first_row, row_mask, q_len, k_len, start, end,
-                                       tokens_per_frame, window_left, window_right, CAUSAL,
-                                       HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    return rows, row_mask, start, end, lo, hi, mid_lo, mid_hi
+    key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, row_mask, k_len, tokens_per_frame,
+                                 HAS_RANGE)
+    lo, hi, mid_lo, mid_hi = _key_span(first_row, row_mask, q_len, k_len, key_lo, key_hi,
+                                       window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW,
+                                       BLOCK_M, BLOCK_N)
+    return rows, row_mask, key_lo, key_hi, lo, hi, mid_lo, mid_hi

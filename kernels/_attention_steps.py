@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from vidcore.kernels._attention_common import _frame_ranges, _load_rows, _scores, _visible
+from vidcore.kernels._attention_common import _key_bounds, _load_rows, _scores, _visible
 
 __all__ = ["_bwd_step", "_row_stats"]
 
@@ -62,10 +62,10 @@ def _bwd_step(dk, dv, k, v, cols, row0, head, turn, contributes, lock_ptr, q_ptr
     scores_t, tanh_t = _scores(k, tl.trans(q), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
     probs_t = tl.exp2(scores_t - lse2[None, :])
     if masked:
-        start, end = _frame_ranges(range_ptr, q_start, rows, row_mask, HAS_RANGE)
-        visible = _visible(rows[None, :], cols[:, None], start[None, :], end[None, :], q_len,
-                           k_len, tokens_per_frame, window_left, window_right, CAUSAL, HAS_RANGE,
-                           HAS_WINDOW)
+        key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, row_mask, k_len,
+                                     tokens_per_frame, HAS_RANGE)
+        visible = _visible(rows[None, :], cols[:, None], key_lo[None, :], key_hi[None, :], q_len,
+                           k_len, window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW)
         probs_t = tl.where(visible, probs_t, 0.0)
     dv += tl.dot(probs_t.to(do.dtype), do, input_precision=DOT_PRECISION)
     dprobs_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)

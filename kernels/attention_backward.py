@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 from vidcore.kernels._attention_common import (
     INTERPRET,
-    _frame_ranges,
+    _key_bounds,
     _key_span,
     _load_rows,
     _seq_bounds,
@@ -97,8 +97,8 @@ def _dq_turn(row0, first_col, q_len, k_len, window_left, window_right, CAUSAL: t
     """Without frame ranges: (rank of key block first_col among the key blocks the forward
     visits for query block row0, whether it is one of them)."""
     rows = row0 + tl.arange(0, BLOCK_M)
-    start = tl.zeros([BLOCK_M], tl.int32)
-    lo, hi, _, _ = _key_span(row0, rows < q_len, q_len, k_len, start, start, 1, window_left,
+    unused = tl.zeros([BLOCK_M], tl.int32)  # key bounds of frame ranges, which are off here
+    lo, hi, _, _ = _key_span(row0, rows < q_len, q_len, k_len, unused, unused, window_left,
                              window_right, CAUSAL, False, HAS_WINDOW, BLOCK_M, BLOCK_N)
     return (first_col - lo) // BLOCK_N, (lo <= first_col) & (first_col < hi)
 
@@ -146,10 +146,11 @@ def _attention_bwd_kernel(
             # cover all of them, which skips the mask) as the forward decides its key span.
             for row0 in range(row_lo, row_hi, BLOCK_M):
                 rows = row0 + tl.arange(0, BLOCK_M)
-                start, end = _frame_ranges(range_ptr, q_start, rows, rows < q_len, HAS_RANGE)
+                key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, rows < q_len, k_len,
+                                             tokens_per_frame, HAS_RANGE)
                 lo, hi, full_lo, full_hi = _key_span(
-                    row0, rows < q_len, q_len, k_len, start, end, tokens_per_frame, window_left,
-                    window_right, CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
+                    row0, rows < q_len, q_len, k_len, key_lo, key_hi, window_left, window_right,
+                    CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
                 if (lo <= first_col) & (first_col < hi):
                     whole = (full_lo <= first_col) & (first_col + BLOCK_N <= full_hi)
                     dk, dv = _bwd_step(
