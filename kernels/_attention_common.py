@@ -2,8 +2,9 @@
 
 Visibility (CONTRACTS.md section 1): query i of a sequence with Lq queries and Lk keys, with
 i' = i + Lk - Lq, sees key j iff (not causal or j <= i') and i' - left <= j <= i' + right and
-(no ranges or start_i <= j // tokens_per_frame < end_i). The launchers pass an unbounded window
-side as Lq + Lk (no |j - i'| reaches it), so the kernels need no sign tests. Scores live in the
+(no ranges or start_i <= j // tokens_per_frame < end_i): an interval of keys per query, which
+_row_bounds computes once per query block. The launchers pass an unbounded window side as
+Lq + Lk (no |j - i'| reaches it), so the kernels need no sign tests. Scores live in the
 log2 domain: s = scale * q.k * log2(e), or with a softcap c, s = c * tanh(scale * q.k / c) * log2(e).
 """
 from __future__ import annotations
@@ -123,75 +124,47 @@ def _store_rows(ptr, value, seq_start, rows, row_mask, head, stride_n, stride_h,
 
 
 @triton.jit
-def _key_bounds(range_ptr, q_start, rows, row_mask, k_len, tokens_per_frame,
-                HAS_RANGE: tl.constexpr):
-    """Per-row keys [key_lo, key_hi) that the frame range [start, end) allows:
-    start <= j // tokens_per_frame < end  <=>  start * tpf <= j < end * tpf (for j >= 0), the
-    frames clamped to [0, k_len] first so the int64 products end within int32. Without ranges,
-    every key ([0, k_len))."""
+def _row_bounds(range_ptr, q_start, rows, q_len, k_len, tokens_per_frame, window_left,
+                window_right, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
+                HAS_WINDOW: tl.constexpr):
+    """Keys [lo_i, hi_i) that each query row sees: every mask feature bounds an interval of
+    keys per query (rows past the sequence get an empty one), so a tile's mask is two compares
+    per element. Frame ranges: start <= j // tokens_per_frame < end  <=>
+    start * tokens_per_frame <= j < end * tokens_per_frame, with frames clamped to [0, k_len]
+    first and the product taken in int64, so the bounds end within int32."""
+    diagonal = rows + (k_len - q_len)  # i'
+    lo = tl.zeros(rows.shape, tl.int32)
+    hi = tl.where(rows < q_len, k_len, 0)
+    if CAUSAL:
+        hi = tl.minimum(hi, diagonal + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, diagonal - window_left)
+        hi = tl.minimum(hi, diagonal + window_right + 1)
     if HAS_RANGE:
+        row_mask = rows < q_len
         start = tl.load(range_ptr + (q_start + rows) * 2, mask=row_mask, other=0)
         end = tl.load(range_ptr + (q_start + rows) * 2 + 1, mask=row_mask, other=0)
-        key_lo = _frames_to_keys(start, tokens_per_frame, k_len)
-        key_hi = _frames_to_keys(end, tokens_per_frame, k_len)
-    else:
-        key_lo = tl.zeros(rows.shape, tl.int32)
-        key_hi = tl.zeros(rows.shape, tl.int32) + k_len
-    return key_lo, key_hi
+        lo = tl.maximum(lo, _frames_to_keys(start, tokens_per_frame, k_len))
+        hi = tl.minimum(hi, _frames_to_keys(end, tokens_per_frame, k_len))
+    return lo, hi
 
 
 @triton.jit
 def _frames_to_keys(frames, tokens_per_frame, k_len):
-    """clamp(frames, 0, k_len) * tokens_per_frame, clamped to k_len, as int32 (the product in
-    int64: a frame index below k_len times tokens_per_frame stays far below 2^63)."""
     frames = tl.minimum(tl.maximum(frames, 0), k_len).to(tl.int64)
     return tl.minimum(frames * tokens_per_frame, k_len).to(tl.int32)
 
 
 @triton.jit
-def _visible(rows, cols, key_lo, key_hi, q_len, k_len, window_left, window_right,
-             CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Which keys the query rows see (the module docstring's rule), elementwise over operands
-    that broadcast to the tile: rows, key_lo, key_hi as [M, 1] and cols as [1, N] give an [M, N]
-    mask, rows as [1, M] and cols as [N, 1] the transposed one."""
-    diagonal = rows + (k_len - q_len)  # i'
-    visible = (rows < q_len) & (cols < k_len)
-    if CAUSAL:
-        visible &= cols <= diagonal
-    if HAS_WINDOW:
-        visible &= (cols >= diagonal - window_left) & (cols <= diagonal + window_right)
-    if HAS_RANGE:
-        visible &= (cols >= key_lo) & (cols < key_hi)
-    return visible
-
-
-@triton.jit
-def _key_span(first_row, row_mask, q_len, k_len, key_lo, key_hi, window_left, window_right,
-              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _key_span(row_mask, row_lo, row_hi, k_len, BLOCK_N: tl.constexpr):
     """[lo, hi): the keys that some query of the block sees, and [mid_lo, mid_hi) inside it:
-    whole key blocks that every query of the block sees, which need no mask. lo and the middle
-    are aligned to BLOCK_N; an empty range in the block makes the middle empty."""
-    last_row = tl.minimum(first_row + BLOCK_M, q_len) - 1
-    shift = k_len - q_len
-    lo = tl.zeros([], tl.int32)
-    hi = k_len
-    full_lo = tl.zeros([], tl.int32)
-    full_hi = k_len
-    if CAUSAL:
-        hi = tl.minimum(hi, last_row + 1 + shift)
-        full_hi = tl.minimum(full_hi, first_row + 1 + shift)
-    if HAS_WINDOW:
-        hi = tl.minimum(hi, last_row + window_right + 1 + shift)
-        full_hi = tl.minimum(full_hi, first_row + window_right + 1 + shift)
-        lo = tl.maximum(lo, first_row - window_left + shift)
-        full_lo = tl.maximum(full_lo, last_row - window_left + shift)
-    if HAS_RANGE:
-        nonempty = row_mask & (key_lo < key_hi)
-        lo = tl.maximum(lo, tl.min(tl.where(nonempty, key_lo, k_len)))
-        hi = tl.minimum(hi, tl.max(tl.where(nonempty, key_hi, 0)))
-        full_lo = tl.maximum(full_lo, tl.max(tl.where(row_mask, key_lo, 0)))
-        full_hi = tl.minimum(full_hi, tl.min(tl.where(row_mask, key_hi, k_len)))
+    whole key blocks that every query of the block sees, which need no mask (a valid row that
+    sees nothing makes it empty). lo and the middle are aligned to BLOCK_N."""
+    nonempty = row_lo < row_hi
+    lo = tl.min(tl.where(nonempty, row_lo, k_len))
+    hi = tl.max(tl.where(nonempty, row_hi, 0))
+    full_lo = tl.max(tl.where(row_mask, row_lo, 0))
+    full_hi = tl.min(tl.where(row_mask, row_hi, k_len))
     lo = lo // BLOCK_N * BLOCK_N
     mid_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
     mid_hi = tl.maximum(tl.minimum(full_hi // BLOCK_N * BLOCK_N, hi), mid_lo)
@@ -202,12 +175,11 @@ def _key_span(first_row, row_mask, q_len, k_len, key_lo, key_hi, window_left, wi
 def _query_tile(range_ptr, q_start, q_len, k_len, first_row, tokens_per_frame, window_left,
                 window_right, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A query block's rows, frame ranges and key spans (see _key_span)."""
+    """A query block's rows, their visible keys [row_lo, row_hi) and the block's key spans
+    (see _key_span)."""
     rows = first_row + tl.arange(0, BLOCK_M)
     row_mask = rows < q_len
-    key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, row_mask, k_len, tokens_per_frame,
-                                 HAS_RANGE)
-    lo, hi, mid_lo, mid_hi = _key_span(first_row, row_mask, q_len, k_len, key_lo, key_hi,
-                                       window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW,
-                                       BLOCK_M, BLOCK_N)
-    return rows, row_mask, key_lo, key_hi, lo, hi, mid_lo, mid_hi
+    row_lo, row_hi = _row_bounds(range_ptr, q_start, rows, q_len, k_len, tokens_per_frame,
+                                 window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW)
+    lo, hi, mid_lo, mid_hi = _key_span(row_mask, row_lo, row_hi, k_len, BLOCK_N)
+    return rows, row_mask, row_lo, row_hi, lo, hi, mid_lo, mid_hi

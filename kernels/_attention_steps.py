@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from vidcore.kernels._attention_common import _key_bounds, _load_rows, _scores, _visible
+from vidcore.kernels._attention_common import _load_rows, _scores
 
 __all__ = ["_bwd_step", "_row_stats"]
 
@@ -41,18 +41,16 @@ def _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, rows, row_mask, head
 
 
 @triton.jit
-def _bwd_step(dk, dv, k, v, cols, row0, head, turn, contributes, lock_ptr, q_ptr, do_ptr, lse_ptr, delta_ptr,
-              dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n, stride_q_h, stride_l_h,
-              score_scale, cap_log2, tokens_per_frame, window_left, window_right, masked,
-              CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-              HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_D: tl.constexpr):
-    """One query block x one key block, five GEMMs: S^T = K Q^T, dP^T = V dO^T, then
-    dv += P^T dO, dk += dS^T Q (unscaled) and, if the key block `contributes` to the query
-    block's dq (the forward visits it), dq_acc += dS K (unscaled, in turn). Computed transposed
-    ([keys, queries]) so the key-side tiles need no layout change."""
-    rows = row0 + tl.arange(0, BLOCK_M)
+def _bwd_step(dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked, turn, contributes, lock_ptr,
+              q_ptr, do_ptr, lse_ptr, delta_ptr, dq_acc_ptr, q_start, q_len, stride_q_n,
+              stride_q_h, stride_l_h, score_scale, cap_log2, SOFTCAP: tl.constexpr,
+              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+              ALIGN: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query block (rows, each seeing keys [row_lo, row_hi)) x one key block, five GEMMs:
+    S^T = K Q^T, dP^T = V dO^T, then dv += P^T dO, dk += dS^T Q (unscaled) and, if the key
+    block `contributes` to the query block's dq (the forward visits it), dq_acc += dS K
+    (unscaled, in turn). Computed transposed ([keys, queries]) so the key-side tiles need no
+    layout change."""
     row_mask = rows < q_len
     q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D,
                    ALIGN, UPCAST)
@@ -62,10 +60,7 @@ def _bwd_step(dk, dv, k, v, cols, row0, head, turn, contributes, lock_ptr, q_ptr
     scores_t, tanh_t = _scores(k, tl.trans(q), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
     probs_t = tl.exp2(scores_t - lse2[None, :])
     if masked:
-        key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, row_mask, k_len,
-                                     tokens_per_frame, HAS_RANGE)
-        visible = _visible(rows[None, :], cols[:, None], key_lo[None, :], key_hi[None, :], q_len,
-                           k_len, window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW)
+        visible = (cols[:, None] >= row_lo[None, :]) & (cols[:, None] < row_hi[None, :])
         probs_t = tl.where(visible, probs_t, 0.0)
     dv += tl.dot(probs_t.to(do.dtype), do, input_precision=DOT_PRECISION)
     dprobs_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)

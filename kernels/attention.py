@@ -25,7 +25,6 @@ from vidcore.kernels._attention_common import (
     _scores,
     _seq_bounds,
     _store_rows,
-    _visible,
     dot_precision,
     row_alignment,
     score_params,
@@ -44,15 +43,13 @@ _MAX_SPLITS = 64
 
 
 @triton.jit
-def _attend(acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
-            stride_k_n, stride_k_h, stride_v_n, stride_v_h, key_lo, key_hi, score_scale, cap_log2,
-            window_left, window_right, MASKED: tl.constexpr,
-            CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_WINDOW: tl.constexpr,
-            SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-            HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr, BLOCK_N: tl.constexpr,
-            BLOCK_D: tl.constexpr):
-    """One online-softmax step over keys key0 : key0 + BLOCK_N. Unmasked steps skip building
-    the visibility mask."""
+def _attend(acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_start, k_len,
+            kv_head, stride_k_n, stride_k_h, stride_v_n, stride_v_h, score_scale, cap_log2,
+            MASKED: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+            DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One online-softmax step over keys key0 : key0 + BLOCK_N; masked steps keep each row's
+    keys [row_lo, row_hi)."""
     cols = key0 + tl.arange(0, BLOCK_N)
     col_mask = cols < k_len
     k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
@@ -61,8 +58,7 @@ def _attend(acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, 
                    BLOCK_D, ALIGN, UPCAST)
     scores, _ = _scores(q, tl.trans(k), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
     if MASKED:
-        visible = _visible(rows[:, None], cols[None, :], key_lo[:, None], key_hi[:, None], q_len,
-                           k_len, window_left, window_right, CAUSAL, HAS_RANGE, HAS_WINDOW)
+        visible = (cols[None, :] >= row_lo[:, None]) & (cols[None, :] < row_hi[:, None])
         scores = tl.where(visible, scores, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, 1))
     safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with no key yet
@@ -96,7 +92,7 @@ def _attention_fwd_kernel(
     first_row = (tl.cdiv(q_len, BLOCK_M) - 1 - from_last) * BLOCK_M
     if first_row < 0:
         return
-    rows, row_mask, key_lo, key_hi, lo, hi, mid_lo, mid_hi = _query_tile(
+    rows, row_mask, row_lo, row_hi, lo, hi, mid_lo, mid_hi = _query_tile(
         range_ptr, q_start, q_len, k_len, first_row, tokens_per_frame, window_left, window_right,
         CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
     # This split's share of the keys (keys_per_split is a multiple of BLOCK_N).
@@ -114,22 +110,19 @@ def _attention_fwd_kernel(
     # Key blocks in order: masked edge blocks, the unmasked middle, masked edge blocks.
     for key0 in range(lo, mid_lo, BLOCK_N):
         acc, row_max, row_sum = _attend(
-            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
-            stride_k_n, stride_k_h, stride_v_n, stride_v_h, key_lo, key_hi, score_scale, cap_log2,
-            window_left, window_right, True, CAUSAL, HAS_RANGE, HAS_WINDOW,
-            SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
+            acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_start, k_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, score_scale, cap_log2, True, SOFTCAP,
+            UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
     for key0 in range(mid_lo, mid_hi, BLOCK_N):
         acc, row_max, row_sum = _attend(
-            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
-            stride_k_n, stride_k_h, stride_v_n, stride_v_h, key_lo, key_hi, score_scale, cap_log2,
-            window_left, window_right, False, CAUSAL, HAS_RANGE, HAS_WINDOW,
-            SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
+            acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_start, k_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, score_scale, cap_log2, False, SOFTCAP,
+            UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
     for key0 in range(mid_hi, hi, BLOCK_N):
         acc, row_max, row_sum = _attend(
-            acc, row_max, row_sum, q, key0, rows, k_ptr, v_ptr, k_start, k_len, q_len, kv_head,
-            stride_k_n, stride_k_h, stride_v_n, stride_v_h, key_lo, key_hi, score_scale, cap_log2,
-            window_left, window_right, True, CAUSAL, HAS_RANGE, HAS_WINDOW,
-            SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
+            acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_start, k_len, kv_head,
+            stride_k_n, stride_k_h, stride_v_n, stride_v_h, score_scale, cap_log2, True, SOFTCAP,
+            UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_N, BLOCK_D)
 
     has_keys = row_sum > 0
     out = acc / tl.where(has_keys, row_sum, 1.0)[:, None]

@@ -23,9 +23,9 @@ import triton.language as tl
 from torch import Tensor
 from vidcore.kernels._attention_common import (
     INTERPRET,
-    _key_bounds,
     _key_span,
     _load_rows,
+    _row_bounds,
     _seq_bounds,
     _store_rows,
     dot_precision,
@@ -68,39 +68,19 @@ def _attention_bwd_delta_kernel(
 @triton.jit
 def _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[row_lo, row_hi): the query rows that see some key of the block first_col : +BLOCK_N
-    (row_lo aligned to BLOCK_M), and [mid_lo, mid_hi) in it: whole query blocks whose rows see
-    every key of the block (no mask needed)."""
+    """[row_lo, row_hi): the query rows that may see a key of the block first_col : +BLOCK_N
+    under the causal bound and the window (frame ranges are tested per query block); row_lo
+    aligned to BLOCK_M."""
     last_col = tl.minimum(first_col + BLOCK_N, k_len) - 1
     shift = k_len - q_len
     row_lo = tl.zeros([], tl.int32)
     row_hi = q_len
-    full_lo = tl.zeros([], tl.int32)
-    full_hi = q_len
     if CAUSAL:  # i sees j iff j <= i + shift
         row_lo = tl.maximum(row_lo, first_col - shift)
-        full_lo = tl.maximum(full_lo, last_col - shift)
     if HAS_WINDOW:  # i + shift - left <= j <= i + shift + right
         row_lo = tl.maximum(row_lo, first_col - window_right - shift)
-        full_lo = tl.maximum(full_lo, last_col - window_right - shift)
         row_hi = tl.minimum(row_hi, last_col + window_left + 1 - shift)
-        full_hi = tl.minimum(full_hi, first_col + window_left + 1 - shift)
-    row_lo = row_lo // BLOCK_M * BLOCK_M
-    mid_lo = tl.minimum(tl.maximum((full_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, row_lo), row_hi)
-    mid_hi = tl.maximum(tl.minimum(full_hi // BLOCK_M * BLOCK_M, row_hi), mid_lo)
-    return row_lo, row_hi, mid_lo, mid_hi
-
-
-@triton.jit
-def _dq_turn(row0, first_col, q_len, k_len, window_left, window_right, CAUSAL: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Without frame ranges: (rank of key block first_col among the key blocks the forward
-    visits for query block row0, whether it is one of them)."""
-    rows = row0 + tl.arange(0, BLOCK_M)
-    unused = tl.zeros([BLOCK_M], tl.int32)  # key bounds of frame ranges, which are off here
-    lo, hi, _, _ = _key_span(row0, rows < q_len, q_len, k_len, unused, unused, window_left,
-                             window_right, CAUSAL, False, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    return (first_col - lo) // BLOCK_N, (lo <= first_col) & (first_col < hi)
+    return row_lo // BLOCK_M * BLOCK_M, row_hi
 
 
 @bwd_autotune
@@ -134,43 +114,38 @@ def _attention_bwd_kernel(
                    BLOCK_D, ALIGN, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    row_lo, row_hi, mid_lo, mid_hi = _visible_rows(first_col, q_len, k_len, window_left,
-                                                   window_right, CAUSAL, HAS_WINDOW, BLOCK_M,
-                                                   BLOCK_N)
+    rows_lo, rows_hi = _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL,
+                                     HAS_WINDOW, BLOCK_M, BLOCK_N)
+    heads = heads_kv * group
     # One lock per (query block of BLOCK_M rows, query head); lock_blocks per sequence.
-    locks = lock_ptr + seq.to(tl.int64) * lock_blocks * heads_kv * group
+    locks = lock_ptr + seq.to(tl.int64) * lock_blocks * heads
     for member in range(group):
         head = kv_head * group + member
-        if HAS_RANGE:
-            # Frame ranges: each query block decides (its rows' ranges may miss these keys, or
-            # cover all of them, which skips the mask) as the forward decides its key span.
-            for row0 in range(row_lo, row_hi, BLOCK_M):
-                rows = row0 + tl.arange(0, BLOCK_M)
-                key_lo, key_hi = _key_bounds(range_ptr, q_start, rows, rows < q_len, k_len,
-                                             tokens_per_frame, HAS_RANGE)
-                lo, hi, full_lo, full_hi = _key_span(
-                    row0, rows < q_len, q_len, k_len, key_lo, key_hi, window_left, window_right,
-                    CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
-                if (lo <= first_col) & (first_col < hi):
-                    whole = (full_lo <= first_col) & (first_col + BLOCK_N <= full_hi)
+        for row0 in range(rows_lo, rows_hi, BLOCK_M):
+            rows = row0 + tl.arange(0, BLOCK_M)
+            # The forward's view of this query block: which key blocks it visits (this one's
+            # rank among them is its turn to add to dq) and which it runs unmasked.
+            row_lo, row_hi = _row_bounds(range_ptr, q_start, rows, q_len, k_len,
+                                         tokens_per_frame, window_left, window_right, CAUSAL,
+                                         HAS_RANGE, HAS_WINDOW)
+            lo, hi, mid_lo, mid_hi = _key_span(rows < q_len, row_lo, row_hi, k_len, BLOCK_N)
+            visits = (lo <= first_col) & (first_col < hi)
+            masked = (first_col < mid_lo) | (first_col + BLOCK_N > mid_hi)
+            lock = locks + row0 // BLOCK_M * heads + head
+            if HAS_RANGE:  # frame ranges may skip query blocks inside [rows_lo, rows_hi)
+                if visits:
                     dk, dv = _bwd_step(
-                        dk, dv, k, v, cols, row0, head, (first_col - lo) // BLOCK_N, True,
-                        locks + row0 // BLOCK_M * heads_kv * group + head, q_ptr, do_ptr, lse_ptr,
-                        delta_ptr, dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n,
-                        stride_q_h, stride_l_h, score_scale, cap_log2, tokens_per_frame,
-                        window_left, window_right, whole == 0, CAUSAL, HAS_RANGE, HAS_WINDOW,
-                        SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
-        else:  # one interval of query blocks: masked edges around an unmasked middle
-            for row0 in range(row_lo, row_hi, BLOCK_M):
-                turn, contributes = _dq_turn(row0, first_col, q_len, k_len, window_left,
-                                             window_right, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+                        dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked,
+                        (first_col - lo) // BLOCK_N, True, lock, q_ptr, do_ptr, lse_ptr,
+                        delta_ptr, dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h,
+                        stride_l_h, score_scale, cap_log2, SOFTCAP, UPCAST, DOT_PRECISION,
+                        HEAD_DIM, ALIGN, BLOCK_D)
+            else:  # an unconditional step: its loads are software-pipelined
                 dk, dv = _bwd_step(
-                    dk, dv, k, v, cols, row0, head, turn, contributes,
-                    locks + row0 // BLOCK_M * heads_kv * group + head, q_ptr, do_ptr, lse_ptr,
-                    delta_ptr, dq_acc_ptr, range_ptr, q_start, q_len, k_len, stride_q_n,
-                    stride_q_h, stride_l_h, score_scale, cap_log2, tokens_per_frame, window_left,
-                    window_right, (row0 < mid_lo) | (row0 >= mid_hi), CAUSAL, HAS_RANGE,
-                    HAS_WINDOW, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
+                    dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked,
+                    (first_col - lo) // BLOCK_N, visits, lock, q_ptr, do_ptr, lse_ptr, delta_ptr,
+                    dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
+                    cap_log2, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_D)
     _store_rows(dk_ptr, dk * scale, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h,
                 HEAD_DIM, BLOCK_D, ALIGN)
     _store_rows(dv_ptr, dv, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
