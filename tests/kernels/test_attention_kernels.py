@@ -1,7 +1,7 @@
-"""The Triton attention kernels in the interpreter (TRITON_INTERPRET=1 on CPU, where 16-bit
-inputs are upcast to float32 after loading, so these tests check the kernels' logic, not their
-16-bit arithmetic) against an independent float64 definition of CONTRACTS.md section 1:
-window, softcap, GQA, varlen, frame ranges, split keys; forward and backward."""
+"""The Triton attention kernels against an independent float64 definition of CONTRACTS.md
+section 1: window, softcap, GQA, varlen, frame ranges, split keys; forward and backward. Without
+a GPU they run in the interpreter (TRITON_INTERPRET=1 on CPU), where 16-bit inputs are upcast to
+float32 after loading: there these tests check the kernels' logic, not their 16-bit arithmetic."""
 import math
 
 import pytest
@@ -48,6 +48,9 @@ def oracle(q, k, v, cu_q, cu_k, causal, scale, tokens_per_frame, ranges, left, r
     return out, lse
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the launchers can run
+
+
 def make_inputs(lens_q, lens_k, heads_q, heads_kv, dim, dtype=torch.float32, seed=0,
                 tokens_per_frame=0):
     gen = torch.Generator().manual_seed(seed)
@@ -59,8 +62,8 @@ def make_inputs(lens_q, lens_k, heads_q, heads_kv, dim, dtype=torch.float32, see
     if tokens_per_frame:
         start = torch.randint(0, 4, (sum(lens_q),), generator=gen)
         end = start + torch.randint(-1, 4, (sum(lens_q),), generator=gen)  # some empty
-        ranges = torch.stack([start, end], 1).int()
-    return q, k, v, cu_q, cu_k, ranges
+        ranges = torch.stack([start, end], 1).int().to(DEVICE)
+    return *(t.to(DEVICE) for t in (q, k, v, cu_q, cu_k)), ranges
 
 
 def check_forward_backward(lens_q, lens_k, heads_q, heads_kv, dim, causal, window, softcap,
@@ -72,9 +75,11 @@ def check_forward_backward(lens_q, lens_k, heads_q, heads_kv, dim, causal, windo
     mask = (causal, scale, tokens_per_frame, ranges, *window, softcap)
     launcher_args = (cu_q, cu_k, max(lens_q), max(lens_k), *mask)
     out, lse = attention_forward(q, k, v, *launcher_args, num_splits=num_splits)
-    inputs = [t.double().requires_grad_() for t in (q, k, v)]
-    expected_out, expected_lse = oracle(*inputs, cu_q, cu_k, *mask)
-    assert_close((out, lse.nan_to_num(neginf=-1e30)),
+    inputs = [t.cpu().double().requires_grad_() for t in (q, k, v)]
+    cpu_mask = (causal, scale, tokens_per_frame, None if ranges is None else ranges.cpu(),
+                *window, softcap)
+    expected_out, expected_lse = oracle(*inputs, cu_q.cpu(), cu_k.cpu(), *cpu_mask)
+    assert_close((out.cpu(), lse.cpu().nan_to_num(neginf=-1e30)),
                  (expected_out.to(dtype), expected_lse.float().nan_to_num(neginf=-1e30)),
                  dtype=dtype)
     if not backward:
@@ -82,10 +87,10 @@ def check_forward_backward(lens_q, lens_k, heads_q, heads_kv, dim, causal, windo
     grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
     grad_lse = grad_lse.masked_fill(torch.isneginf(lse), 0)
     grads = attention_bwd(grad_out, q, k, v, out, lse, *launcher_args, grad_lse)
-    loss = (expected_out * grad_out.double()).sum() + (
-        expected_lse.nan_to_num(neginf=0) * grad_lse.double()).sum()
+    loss = (expected_out * grad_out.cpu().double()).sum() + (
+        expected_lse.nan_to_num(neginf=0) * grad_lse.cpu().double()).sum()
     expected = torch.autograd.grad(loss, inputs)
-    assert_close(grads, [g.to(dtype) for g in expected], dtype=dtype)
+    assert_close([g.cpu() for g in grads], [g.to(dtype) for g in expected], dtype=dtype)
 
 
 CASES = [  # lens_q, lens_k, Hq, Hk, d, causal, window, softcap, tokens_per_frame
@@ -146,3 +151,17 @@ def test_key_splits_planned_only_for_short_queries_over_long_keys():
 def test_launchers_with_planned_splits():
     assert plan_key_splits(2, 2, 2, 1100, torch.device("cpu")) == 2
     check_forward_backward([1, 2], [1100, 700], 2, 1, 16, False, (-1, -1), 0.0)
+
+
+@pytest.mark.gpu
+def test_backward_is_bit_identical_run_to_run():
+    # dQ shares from different key blocks are added in a fixed order (one lock per query block
+    # and head), so the float32 sums, and hence the gradients, repeat exactly.
+    q, k, v, cu_q, cu_k, _ = make_inputs([3000, 1000], [3000, 5000], 8, 2, 128, torch.bfloat16)
+    args = (cu_q, cu_k, 3000, 5000, True, 0.088, 0, None, 1024, -1, 0.0)
+    out, lse = attention_forward(q, k, v, *args)
+    grad = torch.randn_like(out)
+    first = attention_bwd(grad, q, k, v, out, lse, *args, None)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in
+                   zip(first, attention_bwd(grad, q, k, v, out, lse, *args, None), strict=True))

@@ -19,6 +19,9 @@ from vidcore.kernels.merge_attention_states import (
 )
 
 KERNELS = Path(_launch.__file__).parent
+# The interpreter's 16-row tiles make the order of work visible in a small case.
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(),
+                                      reason="runs the Triton interpreter's 16-row tiles on CPU")
 
 
 def packed(lens_q, lens_k, heads_q=2, heads_kv=1, dim=16, dtype=torch.float32):
@@ -126,6 +129,7 @@ def run_first_programs(rec, programs: int) -> None:
     rec.kernel[(programs,)](*rec.args, **rec.kwargs)
 
 
+@interpreter_only
 @pytest.mark.parametrize("causal", [True, False])
 def test_first_wave_takes_each_sequences_last_query_block(causal):
     # Under a causal mask the last query block sees the most keys: the first batch x heads
@@ -142,6 +146,7 @@ def test_first_wave_takes_each_sequences_last_query_block(causal):
     assert torch.equal(written, expected)
 
 
+@interpreter_only
 def test_backward_first_wave_takes_each_sequences_first_key_block():
     # dK/dV: key block 0 is seen by the most queries under a causal mask: it goes first.
     q, k, v, args = packed([40, 20], [40, 50])
