@@ -162,3 +162,20 @@ def test_backward_first_wave_takes_each_sequences_first_key_block():
     expected = torch.zeros(90, dtype=torch.bool)
     expected[0:16] = expected[40:56] = True
     assert torch.equal(written, expected)
+
+
+def test_autotuning_reruns_start_from_zeroed_accumulators():
+    # The backward adds into its dQ buffer and counts turns in its locks: every benchmark run of
+    # the autotuner must start from zeros, or it would double-count dQ and wait forever on a
+    # lock left at the previous run's count.
+    from vidcore.kernels.attention_backward import _attention_bwd_kernel
+
+    q, k, v, args = packed([30], [40])
+    with record_launches() as launches:
+        attention_bwd(torch.randn_like(q), q, k, v, torch.randn_like(q), torch.randn(2, 30),
+                      *args, True, 0.25, 0, None, -1, -1, 0.0, None)
+    main = launches[1]
+    assert main.kernel is _attention_bwd_kernel
+    named = dict(zip(main.kernel.arg_names, main.args, strict=False))
+    assert _attention_bwd_kernel.reset_to_zero == ["dq_acc_ptr", "lock_ptr"]
+    assert all(not named[name].any() for name in _attention_bwd_kernel.reset_to_zero)
