@@ -103,24 +103,39 @@ def _seq_bounds(cu_q_ptr, cu_k_ptr, seq):
 
 
 @triton.jit
-def _load_rows(ptr, seq_start, rows, row_mask, head, stride_n, stride_h,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr,
-               UPCAST: tl.constexpr):
-    """[rows, head, :HEAD_DIM] of a packed [total, H, d] tensor, zero-padded to BLOCK_D columns
-    (0 outside row_mask). Strides are in units of ALIGN elements."""
+def _tile(ptr, seq_start, first, length, head, stride_n, stride_h, HEAD_DIM: tl.constexpr,
+          BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
+    """Pointers and mask of rows first : first + BLOCK (those below `length`), columns
+    :HEAD_DIM, of one head of a packed [total, H, d] tensor whose strides are in units of ALIGN
+    elements. One int64 base per tile plus int32 offsets that do not change from tile to tile,
+    so a loop over tiles keeps no 64-bit address per element."""
+    base = ptr + ((seq_start + first) * stride_n + head * stride_h) * ALIGN
+    rows = tl.arange(0, BLOCK)
     dims = tl.arange(0, BLOCK_D)
-    offs = ((seq_start + rows)[:, None] * stride_n + head * stride_h) * ALIGN + dims[None, :]
-    tile = tl.load(ptr + offs, mask=row_mask[:, None] & (dims[None, :] < HEAD_DIM), other=0.0)
+    mask = (first + rows < length)[:, None]
+    if HEAD_DIM < BLOCK_D:
+        mask = mask & (dims[None, :] < HEAD_DIM)
+    return base + (rows[:, None] * stride_n * ALIGN + dims[None, :]), mask
+
+
+@triton.jit
+def _load_rows(ptr, seq_start, first, length, head, stride_n, stride_h, HEAD_DIM: tl.constexpr,
+               BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """The tile of _tile, zero outside its mask (and upcast to float32 if UPCAST)."""
+    ptrs, mask = _tile(ptr, seq_start, first, length, head, stride_n, stride_h, HEAD_DIM, BLOCK,
+                       BLOCK_D, ALIGN)
+    tile = tl.load(ptrs, mask=mask, other=0.0)
     return tile.to(tl.float32) if UPCAST else tile
 
 
 @triton.jit
-def _store_rows(ptr, value, seq_start, rows, row_mask, head, stride_n, stride_h,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
-    dims = tl.arange(0, BLOCK_D)
-    offs = ((seq_start + rows)[:, None] * stride_n + head * stride_h) * ALIGN + dims[None, :]
-    tl.store(ptr + offs, value.to(ptr.dtype.element_ty),
-             mask=row_mask[:, None] & (dims[None, :] < HEAD_DIM))
+def _store_rows(ptr, value, seq_start, first, length, head, stride_n, stride_h,
+                HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                ALIGN: tl.constexpr):
+    ptrs, mask = _tile(ptr, seq_start, first, length, head, stride_n, stride_h, HEAD_DIM, BLOCK,
+                       BLOCK_D, ALIGN)
+    tl.store(ptrs, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from vidcore.kernels._attention_common import _load_rows, _scores
+from vidcore.kernels._attention_common import _load_rows, _scores, _tile
 
 __all__ = ["_bwd_step", "_row_stats"]
 
@@ -23,38 +23,38 @@ def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
 
 
 @triton.jit
-def _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, rows, row_mask, head, stride_q_n,
-                   stride_q_h, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   ALIGN: tl.constexpr):
+def _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, row0, q_len, head, stride_q_n,
+                   stride_q_h, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
     """dq_acc[rows, head] += dq in a fixed order: the key blocks that contribute to a query
     block take turns, lowest first, so the float32 sums are identical run to run. `turn` is this
     key block's rank among them; the lock counts the contributions added so far. Only lower
     program ids are waited on (they were started first), so the wait always ends."""
     while tl.atomic_add(lock_ptr, 0, sem="acquire") != turn:
         pass
-    dims = tl.arange(0, BLOCK_D)
-    offs = ((q_start + rows)[:, None] * stride_q_n + head * stride_q_h) * ALIGN + dims[None, :]
-    tl.atomic_add(dq_acc_ptr + offs, dq, mask=row_mask[:, None] & (dims[None, :] < HEAD_DIM),
-                  sem="relaxed")
+    ptrs, mask = _tile(dq_acc_ptr, q_start, row0, q_len, head, stride_q_n, stride_q_h, HEAD_DIM,
+                       BLOCK_M, BLOCK_D, ALIGN)
+    tl.atomic_add(ptrs, dq, mask=mask, sem="relaxed")
     tl.debug_barrier()  # every thread's adds precede the release
     tl.atomic_xchg(lock_ptr, turn + 1, sem="release")
 
 
 @triton.jit
-def _bwd_step(dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked, turn, contributes, lock_ptr,
-              q_ptr, do_ptr, lse_ptr, delta_ptr, dq_acc_ptr, q_start, q_len, stride_q_n,
-              stride_q_h, stride_l_h, score_scale, cap_log2, SOFTCAP: tl.constexpr,
+def _bwd_step(dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked, turn, contributes,
+              lock_ptr, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_acc_ptr, q_start, q_len,
+              stride_q_n, stride_q_h, stride_l_h, score_scale, cap_log2, SOFTCAP: tl.constexpr,
               UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
-              ALIGN: tl.constexpr, BLOCK_D: tl.constexpr):
+              ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """One query block (rows, each seeing keys [row_lo, row_hi)) x one key block, five GEMMs:
     S^T = K Q^T, dP^T = V dO^T, then dv += P^T dO, dk += dS^T Q (unscaled) and, if the key
     block `contributes` to the query block's dq (the forward visits it), dq_acc += dS K
     (unscaled, in turn). Computed transposed ([keys, queries]) so the key-side tiles need no
     layout change."""
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < q_len
-    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D,
-                   ALIGN, UPCAST)
-    do = _load_rows(do_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM,
+    q = _load_rows(q_ptr, q_start, row0, q_len, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_M,
+                   BLOCK_D, ALIGN, UPCAST)
+    do = _load_rows(do_ptr, q_start, row0, q_len, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_M,
                     BLOCK_D, ALIGN, UPCAST)
     lse2, delta = _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask)
     scores_t, tanh_t = _scores(k, tl.trans(q), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
@@ -62,15 +62,15 @@ def _bwd_step(dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked, turn, cont
     if masked:
         visible = (cols[:, None] >= row_lo[None, :]) & (cols[:, None] < row_hi[None, :])
         probs_t = tl.where(visible, probs_t, 0.0)
-    dv += tl.dot(probs_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dv = tl.dot(probs_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # in place
     dprobs_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     dscores_t = probs_t * (dprobs_t - delta[None, :])
     if SOFTCAP:
         dscores_t *= 1.0 - tanh_t * tanh_t
     dscores_t = dscores_t.to(q.dtype)
-    dk += tl.dot(dscores_t, q, input_precision=DOT_PRECISION)
+    dk = tl.dot(dscores_t, q, dk, input_precision=DOT_PRECISION)
     dq = tl.dot(tl.trans(dscores_t), k, input_precision=DOT_PRECISION)
     if contributes:
-        _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, rows, row_mask, head,
-                       stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D, ALIGN)
+        _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, row0, q_len, head, stride_q_n,
+                       stride_q_h, HEAD_DIM, BLOCK_M, BLOCK_D, ALIGN)
     return dk, dv

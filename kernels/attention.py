@@ -51,11 +51,8 @@ def _attend(acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_star
     """One online-softmax step over keys key0 : key0 + BLOCK_N; masked steps keep each row's
     keys [row_lo, row_hi)."""
     cols = key0 + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
-    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_v_n, stride_v_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
+    k = _load_rows(k_ptr, k_start, key0, k_len, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
+                   BLOCK_N, BLOCK_D, ALIGN, UPCAST)
     scores, _ = _scores(q, tl.trans(k), score_scale, cap_log2, SOFTCAP, DOT_PRECISION)
     if MASKED:
         visible = (cols[None, :] >= row_lo[:, None]) & (cols[None, :] < row_hi[:, None])
@@ -65,7 +62,12 @@ def _attend(acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_star
     probs = tl.exp2(scores - safe_max[:, None])
     rescale = tl.exp2(row_max - safe_max)
     row_sum = row_sum * rescale + tl.sum(probs, 1)
-    acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=DOT_PRECISION)
+    # V is loaded where it is used: loaded earlier, its tile would sit in registers through the
+    # softmax (and spill at 128-row tiles).
+    v = _load_rows(v_ptr, k_start, key0, k_len, kv_head, stride_v_n, stride_v_h, HEAD_DIM,
+                   BLOCK_N, BLOCK_D, ALIGN, UPCAST)
+    # Accumulate in the MMA's own accumulator (a separate product would double its registers).
+    acc = tl.dot(probs.to(v.dtype), v, acc * rescale[:, None], input_precision=DOT_PRECISION)
     return acc, new_max, row_sum
 
 
@@ -101,8 +103,8 @@ def _attention_fwd_kernel(
     mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
     mid_hi = tl.maximum(tl.minimum(mid_hi, hi), mid_lo)
     kv_head = head // group
-    q = _load_rows(q_ptr, q_start, rows, row_mask, head, stride_q_n, stride_q_h, HEAD_DIM, BLOCK_D,
-                   ALIGN, UPCAST)
+    q = _load_rows(q_ptr, q_start, first_row, q_len, head, stride_q_n, stride_q_h, HEAD_DIM,
+                   BLOCK_M, BLOCK_D, ALIGN, UPCAST)
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -129,8 +131,8 @@ def _attention_fwd_kernel(
     lse_log2 = row_max + tl.log2(tl.where(has_keys, row_sum, 1.0))
     lse = tl.where(has_keys, lse_log2 * 0.6931471805599453, float("-inf"))  # log2 -> ln
     split = split.to(tl.int64)  # products with the split and head strides may pass 2^31
-    _store_rows(out_ptr + split * stride_o_split * ALIGN, out, q_start, rows, row_mask, head,
-                stride_o_n, stride_o_h, HEAD_DIM, BLOCK_D, ALIGN)
+    _store_rows(out_ptr + split * stride_o_split * ALIGN, out, q_start, first_row, q_len, head,
+                stride_o_n, stride_o_h, HEAD_DIM, BLOCK_M, BLOCK_D, ALIGN)
     tl.store(lse_ptr + (split * stride_l_split + head.to(tl.int64) * stride_l_h) + q_start + rows,
              lse, mask=row_mask)
 

@@ -53,12 +53,13 @@ def _attention_bwd_delta_kernel(
     pid = tl.program_id(0).to(tl.int64)
     row_blocks = tl.cdiv(total_q, BLOCK_M)
     head = pid // row_blocks
-    rows = pid % row_blocks * BLOCK_M + tl.arange(0, BLOCK_M)
+    first = pid % row_blocks * BLOCK_M
+    rows = first + tl.arange(0, BLOCK_M)
     row_mask = rows < total_q
-    out = _load_rows(out_ptr, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM, BLOCK_D,
-                     ALIGN, True)
-    grad = _load_rows(do_ptr, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM, BLOCK_D,
-                      ALIGN, True)
+    out = _load_rows(out_ptr, 0, first, total_q, head, stride_n, stride_h, HEAD_DIM, BLOCK_M,
+                     BLOCK_D, ALIGN, True)
+    grad = _load_rows(do_ptr, 0, first, total_q, head, stride_n, stride_h, HEAD_DIM, BLOCK_M,
+                      BLOCK_D, ALIGN, True)
     delta = tl.sum(out * grad, 1)
     if HAS_GRAD_LSE:
         delta -= tl.load(grad_lse_ptr + head * stride_l_h + rows, mask=row_mask, other=0.0)
@@ -107,11 +108,10 @@ def _attention_bwd_kernel(
     if first_col >= k_len:
         return
     cols = first_col + tl.arange(0, BLOCK_N)
-    col_mask = cols < k_len
-    k = _load_rows(k_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
-    v = _load_rows(v_ptr, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                   BLOCK_D, ALIGN, UPCAST)
+    k = _load_rows(k_ptr, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
+                   BLOCK_N, BLOCK_D, ALIGN, UPCAST)
+    v = _load_rows(v_ptr, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
+                   BLOCK_N, BLOCK_D, ALIGN, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     rows_lo, rows_hi = _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL,
@@ -135,21 +135,21 @@ def _attention_bwd_kernel(
             if HAS_RANGE:  # frame ranges may skip query blocks inside [rows_lo, rows_hi)
                 if visits:
                     dk, dv = _bwd_step(
-                        dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked,
+                        dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked,
                         (first_col - lo) // BLOCK_N, True, lock, q_ptr, do_ptr, lse_ptr,
                         delta_ptr, dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h,
                         stride_l_h, score_scale, cap_log2, SOFTCAP, UPCAST, DOT_PRECISION,
-                        HEAD_DIM, ALIGN, BLOCK_D)
+                        HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
             else:  # an unconditional step: its loads are software-pipelined
                 dk, dv = _bwd_step(
-                    dk, dv, k, v, cols, rows, head, row_lo, row_hi, masked,
+                    dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked,
                     (first_col - lo) // BLOCK_N, visits, lock, q_ptr, do_ptr, lse_ptr, delta_ptr,
                     dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
-                    cap_log2, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_D)
-    _store_rows(dk_ptr, dk * scale, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h,
-                HEAD_DIM, BLOCK_D, ALIGN)
-    _store_rows(dv_ptr, dv, k_start, cols, col_mask, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
-                BLOCK_D, ALIGN)
+                    cap_log2, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
+    _store_rows(dk_ptr, dk * scale, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h,
+                HEAD_DIM, BLOCK_N, BLOCK_D, ALIGN)
+    _store_rows(dv_ptr, dv, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
+                BLOCK_N, BLOCK_D, ALIGN)
 
 
 @triton.jit
@@ -161,12 +161,11 @@ def _attention_bwd_dq_kernel(
     pid = tl.program_id(0).to(tl.int64)
     row_blocks = tl.cdiv(total_q, BLOCK_M)
     head = pid // row_blocks
-    rows = pid % row_blocks * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < total_q
-    dq = _load_rows(dq_acc_ptr, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM, BLOCK_D,
-                    ALIGN, False)
-    _store_rows(dq_ptr, dq * scale, 0, rows, row_mask, head, stride_n, stride_h, HEAD_DIM,
-                BLOCK_D, ALIGN)
+    first = pid % row_blocks * BLOCK_M
+    dq = _load_rows(dq_acc_ptr, 0, first, total_q, head, stride_n, stride_h, HEAD_DIM, BLOCK_M,
+                    BLOCK_D, ALIGN, False)
+    _store_rows(dq_ptr, dq * scale, 0, first, total_q, head, stride_n, stride_h, HEAD_DIM,
+                BLOCK_M, BLOCK_D, ALIGN)
 
 
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
