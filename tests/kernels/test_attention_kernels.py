@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vidcore.kernels.attention import attention_forward, plan_key_splits
+from vidcore.kernels.attention import attention_forward, attention_fwd, plan_key_splits
 from vidcore.kernels.attention_backward import attention_bwd
 
-from vidcore.testing import assert_close
+from vidcore import reference
+from vidcore.testing import assert_close, attention_op_args, random_attention_case
 
 
 def oracle(q, k, v, cu_q, cu_k, causal, scale, tokens_per_frame, ranges, left, right, softcap):
@@ -165,3 +166,22 @@ def test_backward_is_bit_identical_run_to_run():
     for _ in range(3):
         assert all(torch.equal(a, b) for a, b in
                    zip(first, attention_bwd(grad, q, k, v, out, lse, *args, None), strict=True))
+
+
+@pytest.mark.parametrize("window, softcap, tpf", [((5, 2), 3.0, None), ((-1, 7), 0.0, 2),
+                                                  ((9, -1), 1.5, 3)])
+def test_window_and_softcap_match_the_reference(window, softcap, tpf):
+    # vidcore.reference (attn-cpu's spec) and the kernels, forward and backward with lse's
+    # gradient: GQA, varlen with an empty sequence, causal, frame ranges.
+    q, k, v, kw = random_attention_case([13, 0, 21], [17, 5, 30], heads_q=4, heads_kv=2, dim=24,
+                                        device=DEVICE, causal=True, tokens_per_frame=tpf,
+                                        window=window, softcap=softcap)
+    args = attention_op_args(kw, 24)
+    out, lse = attention_fwd(q, k, v, *args)
+    expected = reference.attention(q, k, v, *args)
+    assert_close((out, lse.nan_to_num(neginf=-1e30)),
+                 (expected[0], expected[1].nan_to_num(neginf=-1e30)))
+    grad_out = torch.randn_like(out)
+    grad_lse = torch.randn_like(lse).masked_fill(torch.isneginf(lse), 0)
+    assert_close(attention_bwd(grad_out, q, k, v, out, lse, *args, grad_lse),
+                 reference.attention_backward(grad_out, q, k, v, out, lse, *args, grad_lse))
