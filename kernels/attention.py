@@ -37,7 +37,6 @@ from vidcore.kernels.merge_attention_states import merge_states_into
 
 __all__ = ["attention_fwd", "plan_key_splits"]
 
-_SPLIT_ALIGN = 128  # keys per split are a multiple of every BLOCK_N
 _MIN_KEYS_PER_SPLIT = 512  # below this a split's merge costs more than its parallelism gains
 _MAX_SPLITS = 64
 
@@ -72,13 +71,13 @@ def _attend(acc, row_max, row_sum, q, key0, row_lo, row_hi, k_ptr, v_ptr, k_star
 
 
 @fwd_autotune
-@triton.jit(do_not_specialize=["batch", "num_splits", "keys_per_split", "tokens_per_frame",
-                               "window_left", "window_right"])
+@triton.jit(do_not_specialize=["batch", "num_splits", "tokens_per_frame", "window_left",
+                               "window_right"])
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, range_ptr,
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
     stride_o_split, stride_o_n, stride_o_h, stride_l_split, stride_l_h,
-    batch, heads, group, num_splits, keys_per_split,
+    batch, heads, group, num_splits,
     score_scale, cap_log2, tokens_per_frame, window_left, window_right,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
@@ -97,9 +96,11 @@ def _attention_fwd_kernel(
     rows, row_mask, row_lo, row_hi, lo, hi, mid_lo, mid_hi = _query_tile(
         range_ptr, q_start, q_len, k_len, first_row, tokens_per_frame, window_left, window_right,
         CAUSAL, HAS_RANGE, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    # This split's share of the keys (keys_per_split is a multiple of BLOCK_N).
-    lo = tl.maximum(lo, split * keys_per_split)
-    hi = tl.minimum(hi, (split + 1) * keys_per_split)
+    # This split's share of the block's own key span: equal whole key blocks per split, so the
+    # work divides evenly whatever the mask.
+    chunk = tl.cdiv(tl.cdiv(tl.maximum(hi - lo, 0), num_splits), BLOCK_N) * BLOCK_N
+    lo = lo + split * chunk
+    hi = tl.minimum(hi, lo + chunk)
     mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
     mid_hi = tl.maximum(tl.minimum(mid_hi, hi), mid_lo)
     kv_head = head // group
@@ -137,16 +138,16 @@ def _attention_fwd_kernel(
              lse, mask=row_mask)
 
 
-def plan_key_splits(batch: int, heads: int, max_seqlen_q: int, max_seqlen_k: int,
+def plan_key_splits(batch: int, heads: int, max_seqlen_q: int, keys_seen: int,
                     device: torch.device) -> int:
     """How many key splits (a power of two) a call needs to fill the GPU: 1 unless its query
-    blocks (counted at 64 rows) are fewer than the SMs and the keys are long enough that
-    each split keeps at least _MIN_KEYS_PER_SPLIT of them."""
+    blocks (counted at 64 rows) are fewer than the SMs and the keys a query block sees
+    (`keys_seen`) are enough that each split keeps at least _MIN_KEYS_PER_SPLIT of them."""
     programs = batch * heads * triton.cdiv(max_seqlen_q, 64)
     num_sms = target_of(device).num_sms
     splits = 1
     while (programs * splits < num_sms and splits < _MAX_SPLITS
-           and max_seqlen_k >= 2 * splits * _MIN_KEYS_PER_SPLIT):
+           and keys_seen >= 2 * splits * _MIN_KEYS_PER_SPLIT):
         splits *= 2
     return splits
 
@@ -174,17 +175,16 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_
     batch = cu_seqlens_q.shape[0] - 1
     if total_q == 0 or batch == 0:
         return out, lse.fill_(float("-inf"))
-    splits = num_splits or plan_key_splits(batch, heads, max_seqlen_q, max_seqlen_k, q.device)
-    keys_per_split = triton.cdiv(triton.cdiv(max(max_seqlen_k, 1), splits), _SPLIT_ALIGN) \
-        * _SPLIT_ALIGN
+    has_window, left, right = window_bounds("attention", window_left, window_right, max_seqlen_q,
+                                            max_seqlen_k)
+    keys_seen = min(max_seqlen_k, left + right + 64)  # what a 64-row query block sees at most
+    splits = num_splits or plan_key_splits(batch, heads, max_seqlen_q, keys_seen, q.device)
     if splits == 1:
         dst, dst_lse = out.unsqueeze(0), lse.unsqueeze(0)
     else:  # fp32 partial results, merged below
         dst = torch.empty(splits, *q.shape, dtype=torch.float32, device=q.device)
         dst_lse = torch.empty(splits, heads, total_q, dtype=torch.float32, device=q.device)
     align = row_alignment(q, k, v, dst)
-    has_window, left, right = window_bounds("attention", window_left, window_right, max_seqlen_q,
-                                    max_seqlen_k)
     score_scale, cap_log2 = score_params(scale, softcap)
 
     def grid(meta: dict) -> tuple[int]:
@@ -199,7 +199,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_
                                   v.stride(0), v.stride(1), dst.stride(0), dst.stride(1),
                                   dst.stride(2))),
            dst_lse.stride(0), dst_lse.stride(1),
-           batch, heads, heads // k.shape[1], splits, keys_per_split,
+           batch, heads, heads // k.shape[1], splits,
            score_scale, cap_log2, max(tokens_per_frame, 1), left, right,
            HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_RANGE=has_range, HAS_WINDOW=has_window,
            SOFTCAP=softcap > 0, UPCAST=INTERPRET or q.dtype == torch.float32,

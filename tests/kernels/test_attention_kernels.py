@@ -134,8 +134,8 @@ def test_forward_property(lens, causal, left, right, softcap, tpf, seed):
 @pytest.mark.parametrize("num_splits", [2, 4])
 @pytest.mark.parametrize("causal, window", [(False, (-1, -1)), (True, (200, -1))])
 def test_split_keys_equal_one_pass(num_splits, causal, window):
-    # Splits of 128 keys each (the last one empty for some sequences), merged by the
-    # merge_attention_states kernel.
+    # Each query block's key span cut into equal whole key blocks (16 keys in the interpreter;
+    # some splits empty), merged by the merge_attention_states kernel.
     check_forward_backward([1, 3], [300, 260], 4, 2, 16, causal, window, 0.0,
                            num_splits=num_splits, backward=False)
 
@@ -147,6 +147,7 @@ def test_key_splits_planned_only_for_short_queries_over_long_keys():
     assert plan_key_splits(1, 8, 1, 1024, cpu) == 2  # at least 512 keys per split
     assert plan_key_splits(1, 8, 1, 600, cpu) == 1
     assert plan_key_splits(4, 32, 4096, 4096, cpu) == 1  # enough query blocks already
+    assert plan_key_splits(1, 8, 1, 256 + 64, cpu) == 1  # a 256-key window: nothing to split
 
 
 def test_launchers_with_planned_splits():
