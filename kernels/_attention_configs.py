@@ -7,7 +7,8 @@ before the autotuner compiles anything, every tile that cannot run well on the t
   buffers per stage, plus the layout-conversion scratch) must fit the target's limit per block;
 - registers: the fp32 accumulators and score tiles a thread holds must fit a budget that leaves
   room for operands, or ptxas spills (4-warp 128-row forward tiles spill at head dims 96-128);
-- fp32 without TF32 has no tensor-core path: only small tiles.
+- fp32 without TF32 has no tensor-core path: one small tile on 8 warps (16-bit and TF32
+  inputs never take it).
 tests/kernels/test_aot_compile.py compiles every surviving config for sm_80 and sm_90a and
 holds the rules to the compiled binaries (shared memory within the limit, no spills), and
 checks the estimate is never below the compiled size.
@@ -16,16 +17,21 @@ from __future__ import annotations
 
 import triton
 from vidcore.kernels._attention_common import INTERPRET
-from vidcore.kernels._target import target_of
+from vidcore.kernels._target import Target, target_of
 
-__all__ = ["bwd_autotune", "fwd_autotune", "shared_estimate"]
+__all__ = ["BWD_TILES", "FWD_TILES", "bwd_autotune", "fwd_autotune", "keep_tile",
+           "shared_estimate"]
 
+# float32 without TF32: tl.dot runs on FMA units, holding whole operand rows per thread; at
+# head dims 128-256 only this tile stays clear of spills (compiled on sm_80 and sm_90a).
+_EXACT_FP32 = (16, 32, 8, 2)
 # (BLOCK_M query rows, BLOCK_N keys, warps, stages). 128-row tiles take 8 warps: with 4 they
 # spill at head dims 96-256 on both targets (compiled and checked, see the module docstring).
-_FWD_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 4, 2), (64, 64, 4, 3),
-              (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
-_BWD_TILES = [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 2),
-              (16, 32, 4, 2)]
+FWD_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 4, 2), (64, 64, 4, 3),
+              (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2), _EXACT_FP32]
+BWD_TILES = [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 8, 2),
+             (32, 64, 4, 3), (16, 64, 8, 2), (32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2),
+             _EXACT_FP32]
 _INTERPRETED = [(16, 16, 4, 1)]  # the interpreter: one small tile, nothing to tune
 
 
@@ -47,15 +53,29 @@ def shared_estimate(kind: str, block_m: int, block_n: int, block_d: int, stages:
             + block_m * block_n * elem + block_m * block_d * 4)
 
 
-def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: int) -> bool:
-    """fp32 values per thread of the accumulators and score tiles within a budget (of 255
-    registers, the rest holds operands and addresses)."""
-    threads = 32 * warps
-    if kind == "fwd":  # acc [M, D], scores/probs [M, N]
-        held = block_m * block_d + 2 * block_m * block_n
-    else:  # dk, dv [N, D]; scores, dP [N, M]; dq [M, D]
+def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: int, arch: int,
+                   elem: int) -> bool:
+    """The 32-bit values a thread holds in its accumulators, score tiles and resident operand
+    stay within a budget that leaves room for addresses and masks. Calibrated on compiled
+    binaries (scripts/kernel_resources.py): at 160 per thread forward tiles spill on sm_80 and
+    with 4 warps on sm_90a, at 128 they do not; sm_90a's 8-warp (wgmma) tiles hold 160."""
+    if kind == "fwd":  # acc [M, D], scores and probabilities [M, N], the Q operand [M, D]
+        held = block_m * block_d + 2 * block_m * block_n + block_m * block_d * elem // 4
+    else:  # dk, dv [N, D]; scores and dP [N, M]; the dq tile [M, D]
         held = 2 * block_n * block_d + 2 * block_m * block_n + block_m * block_d
-    return held / threads <= 160
+    budget = 160 if arch >= 90 and warps >= 8 else 128
+    return held <= budget * 32 * warps
+
+
+def keep_tile(kind: str, tile: tuple[int, int, int, int], block_d: int, elem: int,
+              precision: str, target: Target) -> bool:
+    """Whether the (BLOCK_M, BLOCK_N, warps, stages) tile of a kernel ("fwd" or "bwd") can run
+    well on `target` for BLOCK_D-wide heads of `elem`-byte inputs at dot precision `precision`."""
+    m, n, warps, stages = tile
+    if (precision == "ieee") != (tile == _EXACT_FP32):
+        return False
+    return (shared_estimate(kind, m, n, block_d, stages, elem) <= target.max_shared
+            and _registers_fit(kind, m, n, block_d, warps, target.arch, elem))
 
 
 def _prune(kind: str):
@@ -63,20 +83,10 @@ def _prune(kind: str):
         if INTERPRET:
             return configs
         q = named_args["q_ptr"]
-        target = target_of(q.device)
-        block_d = kwargs["BLOCK_D"]
-        elem = q.element_size()
-        exact_fp32 = kwargs["DOT_PRECISION"] == "ieee"
-        kept = []
-        for c in configs:
-            m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-            if exact_fp32 and m * n > 64 * 32:
-                continue
-            if shared_estimate(kind, m, n, block_d, c.num_stages, elem) > target.max_shared:
-                continue
-            if not _registers_fit(kind, m, n, block_d, c.num_warps):
-                continue
-            kept.append(c)
+        kept = [c for c in configs
+                if keep_tile(kind, (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                    c.num_stages), kwargs["BLOCK_D"], q.element_size(),
+                             kwargs["DOT_PRECISION"], target_of(q.device))]
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
     return prune
 
@@ -93,5 +103,5 @@ def _autotune(kind: str, tiles: list[tuple[int, int, int, int]], reset: list[str
                            reset_to_zero=reset)
 
 
-fwd_autotune = _autotune("fwd", _FWD_TILES)
-bwd_autotune = _autotune("bwd", _BWD_TILES, reset=["dq_acc_ptr", "lock_ptr"])
+fwd_autotune = _autotune("fwd", FWD_TILES)
+bwd_autotune = _autotune("bwd", BWD_TILES, reset=["dq_acc_ptr", "lock_ptr"])

@@ -40,7 +40,7 @@ from vidcore.kernels._launch import check_grid, launch
 __all__ = ["attention_bwd"]
 
 _ROWS = 64  # rows per program of the delta and dq passes
-_MIN_BLOCK_M = 16  # the smallest BLOCK_M of any config: locks are sized for it
+_LOCK_ROWS = 16  # the smallest BLOCK_M of any config: one lock per 16 packed query rows
 
 
 @triton.jit
@@ -85,17 +85,16 @@ def _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL: tl
 
 
 @bwd_autotune
-@triton.jit(do_not_specialize=["batch", "tokens_per_frame", "window_left", "window_right",
-                               "lock_blocks"])
+@triton.jit(do_not_specialize=["batch", "tokens_per_frame", "window_left", "window_right"])
 def _attention_bwd_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dq_acc_ptr, lock_ptr,
     cu_q_ptr, cu_k_ptr, range_ptr,
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_l_h,
-    batch, heads_kv, group, lock_blocks, score_scale, cap_log2, scale, tokens_per_frame,
+    batch, heads_kv, group, score_scale, cap_log2, scale, tokens_per_frame,
     window_left, window_right,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr, LOCK_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -117,8 +116,6 @@ def _attention_bwd_kernel(
     rows_lo, rows_hi = _visible_rows(first_col, q_len, k_len, window_left, window_right, CAUSAL,
                                      HAS_WINDOW, BLOCK_M, BLOCK_N)
     heads = heads_kv * group
-    # One lock per (query block of BLOCK_M rows, query head); lock_blocks per sequence.
-    locks = lock_ptr + seq.to(tl.int64) * lock_blocks * heads
     for member in range(group):
         head = kv_head * group + member
         for row0 in range(rows_lo, rows_hi, BLOCK_M):
@@ -131,7 +128,10 @@ def _attention_bwd_kernel(
             lo, hi, mid_lo, mid_hi = _key_span(rows < q_len, row_lo, row_hi, k_len, BLOCK_N)
             visits = (lo <= first_col) & (first_col < hi)
             masked = (first_col < mid_lo) | (first_col + BLOCK_N > mid_hi)
-            lock = locks + row0 // BLOCK_M * heads + head
+            # One lock per (query block, head) at slot packed_row // LOCK_ROWS + seq: distinct
+            # within a sequence (BLOCK_M >= LOCK_ROWS) and across (the + seq).
+            slot = (q_start + row0) // LOCK_ROWS + seq
+            lock = lock_ptr + slot * heads + head
             if HAS_RANGE:  # frame ranges may skip query blocks inside [rows_lo, rows_hi)
                 if visits:
                     dk, dv = _bwd_step(
@@ -197,8 +197,8 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
                HAS_GRAD_LSE=grad_lse is not None, HEAD_DIM=head_dim, ALIGN=align, BLOCK_M=_ROWS,
                BLOCK_D=block_d, device=q.device)
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    lock_blocks = triton.cdiv(max(max_seqlen_q, 1), _MIN_BLOCK_M)  # for any config's BLOCK_M
-    locks = torch.zeros(batch, lock_blocks, heads, dtype=torch.int32, device=q.device)
+    locks = torch.zeros(triton.cdiv(total_q, _LOCK_ROWS) + batch, heads, dtype=torch.int32,
+                        device=q.device)
     has_window, left, right = window_bounds("attention_backward", window_left, window_right,
                                             max_seqlen_q, max_seqlen_k)
     score_scale, cap_log2 = score_params(scale, softcap)
@@ -211,11 +211,12 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     launch(_attention_bwd_kernel, grid, q, k, v, grad_out, lse, delta, dk, dv, dq_acc, locks,
            cu_seqlens_q, cu_seqlens_k, q_frame_range if has_range else cu_seqlens_q,
            q.stride(0) // align, q.stride(1) // align, k.stride(0) // align,
-           k.stride(1) // align, lse.stride(0), batch, heads_kv, heads // heads_kv, lock_blocks,
+           k.stride(1) // align, lse.stride(0), batch, heads_kv, heads // heads_kv,
            score_scale, cap_log2, scale, max(tokens_per_frame, 1), left, right,
            HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_RANGE=has_range, HAS_WINDOW=has_window,
            SOFTCAP=softcap > 0, UPCAST=INTERPRET or q.dtype == torch.float32,
-           DOT_PRECISION=dot_precision(q.dtype), ALIGN=align, BLOCK_D=block_d, device=q.device)
+           DOT_PRECISION=dot_precision(q.dtype), ALIGN=align, LOCK_ROWS=_LOCK_ROWS,
+           BLOCK_D=block_d, device=q.device)
     if total_q > 0:
         launch(_attention_bwd_dq_kernel, rows_grid, dq_acc, dq, total_q, heads,
                q.stride(0) // align, q.stride(1) // align, scale, HEAD_DIM=head_dim, ALIGN=align,
