@@ -23,19 +23,48 @@ def _row_stats(lse_ptr, delta_ptr, stride_l_h, head, q_start, rows, row_mask):
 
 
 @triton.jit
+def _wait_turn(lock_ptr, turn, INTERPRETED: tl.constexpr):
+    """Spins until the lock holds `turn` (acquire: the adds of earlier turns are visible). On
+    the GPU the spin is one inline PTX loop, so Triton still software-pipelines the loop around
+    it (a Python `while` would be a nested loop, which its pipeliner skips); the interpreter,
+    which cannot run PTX, spins in Python."""
+    if INTERPRETED:
+        while tl.atomic_add(lock_ptr, 0, sem="acquire") != turn:
+            pass
+    else:
+        tl.inline_asm_elementwise(
+            """{
+            .reg .pred not_yet;
+            $$WAIT${:uid}:
+            ld.acquire.gpu.global.b32 $0, [$1];
+            setp.ne.s32 not_yet, $0, $2;
+            @not_yet bra $$WAIT${:uid};
+            }""",
+            "=r,l,r", [lock_ptr, turn], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _block_barrier(INTERPRETED: tl.constexpr):
+    """bar.sync across the program's threads. As inline PTX, not tl.debug_barrier: Triton's
+    software pipeliner skips loops that hold its barrier op (the interpreter needs none)."""
+    if not INTERPRETED:
+        tl.inline_asm_elementwise("bar.sync 0; mov.b32 $0, 0;", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
 def _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, row0, q_len, head, stride_q_n,
                    stride_q_h, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
+                   BLOCK_D: tl.constexpr, ALIGN: tl.constexpr, INTERPRETED: tl.constexpr):
     """dq_acc[rows, head] += dq in a fixed order: the key blocks that contribute to a query
     block take turns, lowest first, so the float32 sums are identical run to run. `turn` is this
     key block's rank among them; the lock counts the contributions added so far. Only lower
     program ids are waited on (they were started first), so the wait always ends."""
-    while tl.atomic_add(lock_ptr, 0, sem="acquire") != turn:
-        pass
+    _wait_turn(lock_ptr, turn, INTERPRETED)
     ptrs, mask = _tile(dq_acc_ptr, q_start, row0, q_len, head, stride_q_n, stride_q_h, HEAD_DIM,
                        BLOCK_M, BLOCK_D, ALIGN)
     tl.atomic_add(ptrs, dq, mask=mask, sem="relaxed")
-    tl.debug_barrier()  # every thread's adds precede the release
+    _block_barrier(INTERPRETED)  # every thread's adds precede the release
     tl.atomic_xchg(lock_ptr, turn + 1, sem="release")
 
 
@@ -44,7 +73,8 @@ def _bwd_step(dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked, turn, cont
               lock_ptr, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_acc_ptr, q_start, q_len,
               stride_q_n, stride_q_h, stride_l_h, score_scale, cap_log2, SOFTCAP: tl.constexpr,
               UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
-              ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+              ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+              INTERPRETED: tl.constexpr):
     """One query block (rows, each seeing keys [row_lo, row_hi)) x one key block, five GEMMs:
     S^T = K Q^T, dP^T = V dO^T, then dv += P^T dO, dk += dS^T Q (unscaled) and, if the key
     block `contributes` to the query block's dq (the forward visits it), dq_acc += dS K
@@ -72,5 +102,5 @@ def _bwd_step(dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked, turn, cont
     dq = tl.dot(tl.trans(dscores_t), k, input_precision=DOT_PRECISION)
     if contributes:
         _accumulate_dq(dq_acc_ptr, dq, lock_ptr, turn, q_start, row0, q_len, head, stride_q_n,
-                       stride_q_h, HEAD_DIM, BLOCK_M, BLOCK_D, ALIGN)
+                       stride_q_h, HEAD_DIM, BLOCK_M, BLOCK_D, ALIGN, INTERPRETED)
     return dk, dv

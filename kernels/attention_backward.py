@@ -10,8 +10,9 @@ Three kernels, and the gradients are bit-identical run to run:
   query block that sees its keys, and adds each tile's dQ share to a float32 dQ buffer, the key
   blocks of a query block taking turns in key order (a lock per query block and head), so the
   sums are deterministic without recomputing S and dP in a second pass (the 7-GEMM scheme).
-  Without frame ranges the visible query blocks form one interval, walked as masked edge blocks
-  around an unmasked middle, loops whose loads Triton software-pipelines (cp.async);
+  Without frame ranges the query blocks that see a key block form one interval, walked by one
+  loop whose Q/dO loads Triton software-pipelines (cp.async); with them each query block is
+  tested first and the loads sit behind that test (not pipelined);
 - dq: scales the float32 buffer into dQ's dtype.
 Programs are flattened onto grid axis 0 (axes 1 and 2 stop at 65535), longest first.
 """
@@ -95,7 +96,8 @@ def _attention_bwd_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr, LOCK_ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kv_head = pid % heads_kv
@@ -139,13 +141,14 @@ def _attention_bwd_kernel(
                         (first_col - lo) // BLOCK_N, True, lock, q_ptr, do_ptr, lse_ptr,
                         delta_ptr, dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h,
                         stride_l_h, score_scale, cap_log2, SOFTCAP, UPCAST, DOT_PRECISION,
-                        HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
+                        HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D, INTERPRETED)
             else:  # an unconditional step: its loads are software-pipelined
                 dk, dv = _bwd_step(
                     dk, dv, k, v, cols, row0, head, row_lo, row_hi, masked,
                     (first_col - lo) // BLOCK_N, visits, lock, q_ptr, do_ptr, lse_ptr, delta_ptr,
                     dq_acc_ptr, q_start, q_len, stride_q_n, stride_q_h, stride_l_h, score_scale,
-                    cap_log2, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D)
+                    cap_log2, SOFTCAP, UPCAST, DOT_PRECISION, HEAD_DIM, ALIGN, BLOCK_M, BLOCK_D,
+                    INTERPRETED)
     _store_rows(dk_ptr, dk * scale, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h,
                 HEAD_DIM, BLOCK_N, BLOCK_D, ALIGN)
     _store_rows(dv_ptr, dv, k_start, first_col, k_len, kv_head, stride_k_n, stride_k_h, HEAD_DIM,
@@ -216,7 +219,7 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
            HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_RANGE=has_range, HAS_WINDOW=has_window,
            SOFTCAP=softcap > 0, UPCAST=INTERPRET or q.dtype == torch.float32,
            DOT_PRECISION=dot_precision(q.dtype), ALIGN=align, LOCK_ROWS=_LOCK_ROWS,
-           BLOCK_D=block_d, device=q.device)
+           INTERPRETED=INTERPRET, BLOCK_D=block_d, device=q.device)
     if total_q > 0:
         launch(_attention_bwd_dq_kernel, rows_grid, dq_acc, dq, total_q, heads,
                q.stride(0) // align, q.stride(1) // align, scale, HEAD_DIM=head_dim, ALIGN=align,
