@@ -54,6 +54,7 @@ class KernelResources:
     stack: int  # stack frame bytes per thread: register spills (Triton kernels have no arrays)
     async_copies: int  # cp.async / cp.async.bulk (TMA) instructions in the PTX
     tensor_cores: str  # wgmma, mma or none
+    ordered_adds: bool  # acquire-spin, atomic adds, release: the backward's dQ turn-taking
     compile_s: float
 
 
@@ -116,10 +117,13 @@ def _cubin_usage(cubin: bytes) -> tuple[int, int]:
     return int(usage[1]), int(usage[2]) + int(usage[3])
 
 
-def _ptx_features(ptx: str) -> tuple[int, str]:
-    copies = len(re.findall(r"^\s*(?:@%p\d+ )?cp\.async\.(?:ca|cg|bulk)", ptx, re.M))
+def _ptx_features(ptx: str) -> tuple[int, str, bool]:
+    copies = len(re.findall(r"^\s*(?:@%p\d+\s+)?cp\.async\.(?:ca|cg|bulk)", ptx, re.M))
     cores = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "none"
-    return copies, cores
+    ordered = all(re.search(pattern, ptx) for pattern in (
+        r"ld\.acquire\.gpu\.global", r"atom\.global\.gpu\.relaxed\.add\.f32", r"bar\.sync 0;",
+        r"atom\.global\.gpu\.release\.exch"))
+    return copies, cores, ordered
 
 
 def _describe(config) -> str:
@@ -143,7 +147,7 @@ def compile_launches(launches: list[Launch], case: str, target_name: str,
                 compiled = jit.warmup(*launch.args, grid=(1,), **meta)
                 seconds = time.perf_counter() - start
                 registers, stack = _cubin_usage(compiled.asm["cubin"])
-                copies, cores = _ptx_features(compiled.asm["ptx"])
+                copies, cores, ordered = _ptx_features(compiled.asm["ptx"])
                 grid = launch.grid_for({**dict(zip(jit.arg_names, launch.args, strict=False)),
                                         **meta})
                 programs = 1
@@ -152,7 +156,7 @@ def compile_launches(launches: list[Launch], case: str, target_name: str,
                 rows.append(KernelResources(
                     jit.fn.__name__, case, target_name, _describe(config), programs,
                     compiled.metadata.shared, target.max_shared, registers, stack, copies, cores,
-                    round(seconds, 2)))
+                    ordered, round(seconds, 2)))
     return rows
 
 

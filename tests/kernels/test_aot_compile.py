@@ -1,7 +1,8 @@
 """Every Triton kernel compiled ahead of time for sm_80 and sm_90a (vidcore.kernels._aot, in a
 subprocess: these tests run under the interpreter). Each autotune config that survives the
 kernel's own pruning must compile, fit the target's shared memory, spill no registers, and the
-software-pipelined kernels must issue async copies (cp.async / TMA). CI compiles a subset, the
+software-pipelined kernels must issue async copies (cp.async / TMA), and the backward's
+turn-taking over dQ must be in its PTX (the interpreter cannot run it). CI compiles a subset, the
 largest surviving config of each kernel; the full matrix (head dims x dtypes x mask kinds x
 every surviving config) is marked slow."""
 import json
@@ -54,6 +55,9 @@ def problems(rows: list[dict]) -> list[str]:
             found.append(f"{where}: {r['shared']} bytes of shared memory > {r['max_shared']}")
         if r["stack"]:
             found.append(f"{where}: {r['stack']} bytes of stack (register spills)")
+        if r["kernel"] == "_attention_bwd_kernel" and not r["ordered_adds"]:
+            found.append(f"{where}: the dQ turn-taking (acquire spin, atomic adds, bar.sync, "
+                         f"release) is not in the PTX")
         kind = _PIPELINED.get(r["kernel"])
         if kind is None:
             continue
