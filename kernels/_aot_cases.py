@@ -114,10 +114,10 @@ LAUNCHERS = [
 ]
 
 # What `make test` compiles: each kernel at least once, the head dims and tiles that decide
-# shared memory (256) and registers (128 with every mask feature), the d=72 alignment path,
-# and bf16; the rest of the matrix is the slow test's.
+# shared memory (256, backward) and registers (128 with every mask feature), the d=72
+# alignment path, bf16 and exact float32; the rest of the matrix is the slow test's.
 _CI = {
-    "attention_fwd": [(128, "fp16", "all"), (72, "bf16", "causal"), (256, "fp16", "dense")],
+    "attention_fwd": [(128, "fp16", "all"), (72, "bf16", "causal"), (64, "fp32", "window")],
     "attention_fwd_split_keys": [(64, "bf16", "dense")],
     "attention_bwd": [(128, "bf16", "all"), (256, "fp16", "causal")],
     "merge_attention_states_fwd": [(128, "fp16", "dense")],

@@ -7,8 +7,7 @@ before the autotuner compiles anything, every tile that cannot run well on the t
   buffers per stage, plus the layout-conversion scratch) must fit the target's limit per block;
 - registers: the fp32 accumulators and score tiles a thread holds must fit a budget that leaves
   room for operands, or ptxas spills (4-warp 128-row forward tiles spill at head dims 96-128);
-- fp32 without TF32 has no tensor-core path: one small tile on 8 warps (16-bit and TF32
-  inputs never take it).
+- fp32 without TF32 has no tensor-core path: only small tiles on 8 warps.
 tests/kernels/test_aot_compile.py compiles every surviving config for sm_80 and sm_90a and
 holds the rules to the compiled binaries (shared memory within the limit, no spills), and
 checks the estimate is never below the compiled size.
@@ -19,18 +18,20 @@ import triton
 from vidcore.kernels._attention_common import INTERPRET
 from vidcore.kernels._target import Target, target_of
 
-__all__ = ["BWD_TILES", "FWD_TILES", "bwd_autotune", "fwd_autotune", "keep_tile",
+__all__ = ["BWD_TILES", "FWD_TILES", "bwd_autotune", "fwd_autotune", "keep_tile", "kept_tiles",
            "shared_estimate"]
 
 # float32 without TF32: tl.dot runs on FMA units, holding whole operand rows per thread; at
 # head dims 128-256 only this tile stays clear of spills (compiled on sm_80 and sm_90a).
 _EXACT_FP32 = (16, 32, 8, 2)
+# The last resort when no other tile fits (the backward of 4-byte inputs at head dim 256).
+_SMALLEST = (16, 16, 8, 1)
 # (BLOCK_M query rows, BLOCK_N keys, warps, stages). 128-row tiles take 8 warps: with 4 they
 # spill at head dims 96-256 on both targets (compiled and checked, see the module docstring).
 FWD_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 4, 2), (64, 64, 4, 3),
-              (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2), _EXACT_FP32]
-BWD_TILES = [(64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2),
-             (32, 32, 4, 2), (16, 32, 4, 2), _EXACT_FP32]
+             (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2), _EXACT_FP32, _SMALLEST]
+BWD_TILES = [(64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2),
+             _EXACT_FP32, _SMALLEST]
 _INTERPRETED = [(16, 16, 4, 1)]  # the interpreter: one small tile, nothing to tune
 
 
@@ -54,15 +55,18 @@ def shared_estimate(kind: str, block_m: int, block_n: int, block_d: int, stages:
 
 def _registers_fit(kind: str, block_m: int, block_n: int, block_d: int, warps: int, arch: int,
                    elem: int) -> bool:
-    """The 32-bit values a thread holds in its accumulators, score tiles and resident operand
+    """The 32-bit values a thread holds (accumulators, score tiles, operands kept in registers)
     stay within a budget that leaves room for addresses and masks. Calibrated on compiled
-    binaries (scripts/kernel_resources.py): at 160 per thread forward tiles spill on sm_80 and
-    with 4 warps on sm_90a, at 128 they do not; sm_90a's 8-warp (wgmma) tiles hold 160."""
+    binaries: forward tiles spill at 160 values per thread on sm_80 and with 4 warps on sm_90a
+    but not at 128, and sm_90a's 8-warp (wgmma) tiles hold 160; backward tiles spill at 144
+    and above on one target or the other, never at 136 or below."""
     if kind == "fwd":  # acc [M, D], scores and probabilities [M, N], the Q operand [M, D]
         held = block_m * block_d + 2 * block_m * block_n + block_m * block_d * elem // 4
-    else:  # dk, dv [N, D]; scores and dP [N, M]; the dq tile [M, D]
-        held = 2 * block_n * block_d + 2 * block_m * block_n + block_m * block_d
-    budget = 160 if arch >= 90 and warps >= 8 else 128
+        budget = 160 if arch >= 90 and warps >= 8 else 128
+    else:  # dk, dv [N, D]; S^T and dP^T [N, M]; dq [M, D]; K, V, Q, dO operands
+        held = (2 * block_n * block_d + 2 * block_m * block_n + block_m * block_d
+                + (block_n + block_m) * block_d * elem // 2)
+        budget = 136
     return held <= budget * 32 * warps
 
 
@@ -71,10 +75,18 @@ def keep_tile(kind: str, tile: tuple[int, int, int, int], block_d: int, elem: in
     """Whether the (BLOCK_M, BLOCK_N, warps, stages) tile of a kernel ("fwd" or "bwd") can run
     well on `target` for BLOCK_D-wide heads of `elem`-byte inputs at dot precision `precision`."""
     m, n, warps, stages = tile
-    if (precision == "ieee") != (tile == _EXACT_FP32):
+    if tile == _SMALLEST or (precision == "ieee" and tile != _EXACT_FP32):
         return False
     return (shared_estimate(kind, m, n, block_d, stages, elem) <= target.max_shared
             and _registers_fit(kind, m, n, block_d, warps, target.arch, elem))
+
+
+def kept_tiles(kind: str, tiles: list[tuple[int, int, int, int]], block_d: int, elem: int,
+               precision: str, target: Target) -> list[tuple[int, int, int, int]]:
+    """The tiles the autotuner tries: those keep_tile accepts, else the smallest tile (the
+    backward of 4-byte inputs at head dim 256 fits nothing larger)."""
+    return [t for t in tiles if keep_tile(kind, t, block_d, elem, precision, target)] or [
+        _SMALLEST]
 
 
 def _prune(kind: str):
@@ -82,11 +94,11 @@ def _prune(kind: str):
         if INTERPRET:
             return configs
         q = named_args["q_ptr"]
-        kept = [c for c in configs
-                if keep_tile(kind, (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
-                                    c.num_stages), kwargs["BLOCK_D"], q.element_size(),
-                             kwargs["DOT_PRECISION"], target_of(q.device))]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        by_tile = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages): c
+                   for c in configs}
+        kept = kept_tiles(kind, list(by_tile), kwargs["BLOCK_D"], q.element_size(),
+                          kwargs["DOT_PRECISION"], target_of(q.device))
+        return [by_tile[t] for t in kept]
     return prune
 
 
