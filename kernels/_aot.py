@@ -121,7 +121,7 @@ def _ptx_features(ptx: str) -> tuple[int, str, bool]:
     copies = len(re.findall(r"^\s*(?:@%p\d+\s+)?cp\.async\.(?:ca|cg|bulk)", ptx, re.M))
     cores = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "none"
     ordered = all(re.search(pattern, ptx) for pattern in (
-        r"ld\.acquire\.gpu\.global", r"atom\.global\.gpu\.relaxed\.add\.f32", r"bar\.sync 0;",
+        r"ld\.acquire\.gpu\.global", r"atom\.global\.gpu\.relaxed\.add\.(?:v\d\.)?f32", r"bar\.sync 0;",
         r"atom\.global\.gpu\.release\.exch"))
     return copies, cores, ordered
 

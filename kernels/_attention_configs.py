@@ -36,7 +36,10 @@ _INTERPRETED = [(16, 16, 4, 1)]  # the interpreter: one small tile, nothing to t
 
 
 def _configs(tiles: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+    # maxnreg: without it ptxas caps 8-warp kernels at 128 registers to fit two blocks per SM
+    # and spills to get there; spills cost these kernels more than the second block gains.
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s,
+                          maxnreg=None if INTERPRET else 255)
             for m, n, w, s in (_INTERPRETED if INTERPRET else tiles)]
 
 

@@ -61,7 +61,7 @@ def problems(rows: list[dict]) -> list[str]:
         kind = _PIPELINED.get(r["kernel"])
         if kind is None:
             continue
-        blocks = dict(re.findall(r"(BLOCK_\w)=(\d+)", r["config"]))
+        blocks = dict(re.findall(r"BLOCK_(\w)=(\d+)", r["config"]))
         stages = int(re.search(r",s(\d+)", r["config"])[1])
         _, dim, dtype, mask = r["case"].split("/")
         block_d = max(16, 1 << (int(dim[1:]) - 1).bit_length())
