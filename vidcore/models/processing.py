@@ -31,7 +31,8 @@ def word_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerBase:
     from transformers import PreTrainedTokenizerFast
 
     split = pre_tokenizers.Whitespace()
-    words = sorted({w for text in corpus for w, _ in split.pre_tokenize_str(text)})
+    pieces = [piece for text in corpus for piece in text.split(VIDEO_TOKEN)]
+    words = sorted({w for piece in pieces for w, _ in split.pre_tokenize_str(piece)})
     specials = ["<pad>", "<unk>", "<s>", "</s>", VIDEO_TOKEN]
     vocab = {token: i for i, token in enumerate(specials + [w for w in words if w not in specials])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -310,6 +310,7 @@ class STLLMProcessor(VideoQAProcessor):
     the `<video>` run holding `STLLMConfig.video_tokens(T)` placeholders."""
 
     TEMPLATE = "<video>###Human: {question}###Assistant: "
+    CORPUS = (TEMPLATE.format(question="?"),)  # its words, as a question ending in "?" meets them
 
     def __init__(self, tokenizer, *, video_input: str = "all", tokens_per_frame: int = 32,
                  residual_size: int = 16, template: str = TEMPLATE, **kwargs):

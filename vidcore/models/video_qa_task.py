@@ -19,9 +19,9 @@ __all__ = ["video_qa_task", "answer_accuracy", "synthetic_tokenizer"]
 _EVAL_SEED = 1_000_000
 
 
-def synthetic_tokenizer(template: str):
-    """The word tokenizer of the synthetic task for a prompt template."""
-    return word_tokenizer([*corpus(), template.replace("{question}", " ")])
+def synthetic_tokenizer(processor_class):
+    """The word tokenizer of the synthetic task: its words + those of the processor's prompt."""
+    return word_tokenizer([*corpus(), *processor_class.CORPUS])
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def video_qa_task(name: str, model_class, processor_class,
                            frame_size=args.frame_size, width=args.width)
 
     def build_processor(args):
-        tokenizer = synthetic_tokenizer(processor_class.TEMPLATE)
+        tokenizer = synthetic_tokenizer(processor_class)
         probe = tiny_config(len(tokenizer), 0, frame_size=args.frame_size, width=args.width)
         return processor_class.for_model(tokenizer, probe)
 
