@@ -22,14 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, GenerationMixin, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from vidcore.models.processing import VideoQAProcessor
 from vidcore.models.sequence import pack_sequence, packed_lm_loss, pad_sequence_like_seed, padded_lm_loss
-from vidcore.models.video_llm import VideoLLMPreTrainedModel, VideoQAOutput
+from vidcore.models.video_llm import CLIP_VIT_L_14, VideoLLMPreTrainedModel, VideoQAOutput
 from vidcore.models.video_qa_task import video_qa_task
 from vidcore.ops import minigpt4_video
 
@@ -59,7 +58,8 @@ class MiniGPT4VideoConfig(PreTrainedConfig):
 
     model_type = "vidcore_minigpt4_video"
     sub_configs_defaults: ClassVar = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model",
+                                       init_kwargs=CLIP_VIT_L_14),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
 
@@ -155,7 +155,7 @@ class MiniGPT4VideoForVideoQA(VideoLLMPreTrainedModel, GenerationMixin):
             raise ValueError("a training forward (labels given) needs input_ids and a video")
         layout = self.layout_for(input_ids, attention_mask, sequence_layout)
         tokens = self.frame_tokens(features)
-        batch, frames, per_frame, width = tokens.shape
+        _, frames, per_frame, width = tokens.shape
         if layout.visual_runs_per_sample.ne(frames).any() or layout.visual_lengths().ne(
                 per_frame).any():
             raise ValueError(f"MiniGPT4-Video prompts need {frames} runs of {per_frame} video "

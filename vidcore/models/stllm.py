@@ -44,7 +44,7 @@ from vidcore.models.sequence import (
     padded_lm_loss,
     span_rows,
 )
-from vidcore.models.video_llm import VideoLLMPreTrainedModel, VideoQAOutput
+from vidcore.models.video_llm import CLIP_VIT_L_14, VideoLLMPreTrainedModel, VideoQAOutput
 from vidcore.models.video_qa_task import video_qa_task
 from vidcore.ops import draw_ratios, make_mask, mask_and_pack, minigpt4_video, pool, st_llm_global_local
 from vidcore.ops.pool_views import View
@@ -68,7 +68,8 @@ class STLLMConfig(PreTrainedConfig):
 
     model_type = "vidcore_stllm"
     sub_configs_defaults: ClassVar = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model",
+                                       init_kwargs=CLIP_VIT_L_14),
         "qformer_config": SubConfigSpec(config_class=Blip2QFormerConfig, optional=True),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
@@ -107,6 +108,9 @@ class STLLMConfig(PreTrainedConfig):
                              f"got {self.video_input!r}")
         if self.use_qformer:
             self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+        elif self._merged_tokens() * 4 != self._patches():
+            raise ValueError(f"STLLMConfig: without a Q-Former the {self._patches()} patches per "
+                             f"frame merge in groups of 4, which must divide them")
         if self.residual_hidden_size is None:
             self.residual_hidden_size = max(1, self.text_config.hidden_size // 4)
 
@@ -116,9 +120,11 @@ class STLLMConfig(PreTrainedConfig):
         frames = {"all": num_frames, "mean": 1, "residual": self.residual_size}[self.video_input]
         return frames * per_frame
 
+    def _patches(self) -> int:
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
     def _merged_tokens(self) -> int:
-        patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
-        return patches // 4
+        return self._patches() // 4
 
 
 class STLLMForVideoQA(VideoLLMPreTrainedModel, GenerationMixin):

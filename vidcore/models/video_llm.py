@@ -26,8 +26,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 import vidcore.integrations.transformers  # noqa: F401  registers attn_implementation="vidcore"
 from vidcore.models.sequence import SequenceLayout, sequence_layout
 
-__all__ = ["VideoQAOutput", "VideoLLMPreTrainedModel", "KERNEL_ATTENTION", "REFERENCE_ATTENTION"]
+__all__ = ["VideoQAOutput", "VideoLLMPreTrainedModel", "KERNEL_ATTENTION", "REFERENCE_ATTENTION",
+           "CLIP_VIT_L_14"]
 
+# The default vision tower: CLIP ViT-L/14 at 224 px (16 x 16 patches + CLS, 1024 wide); the seeds'
+# EVA-CLIP-g/14 is hidden_size=1408, intermediate_size=6144, 40 layers, 16 heads.
+CLIP_VIT_L_14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                     num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
 KERNEL_ATTENTION = "vidcore"
 REFERENCE_ATTENTION = "sdpa"
 
