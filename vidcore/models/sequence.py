@@ -16,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:  # the ops of branch new-ops (CONTRACTS.md sections 3-4)
-    from vidcore.ops import cosine_consistency_loss, interleave_pack
-except ImportError:  # pragma: no cover - until new-ops lands
-    from vidcore.models._pending_ops import cosine_consistency_loss, interleave_pack
+from vidcore.ops import cosine_consistency_loss, interleave_pack
+from vidcore.ops.interleave_pack import InterleavedBatch
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,7 +27,6 @@ __all__ = [
     "pack_sequence",
     "PaddedSequence",
     "pad_sequence_like_seed",
-    "span_rows",
     "packed_lm_loss",
     "padded_lm_loss",
     "cosine_consistency_loss",
@@ -91,17 +88,8 @@ def sequence_layout(input_ids: Tensor, attention_mask: Tensor | None,
     return SequenceLayout(segments, flat[kind == 0], runs)
 
 
-class PackedSequence(NamedTuple):
-    """One packed batch: embeds [total, D], cu_seqlens [B + 1] int32, max_seqlen, position_ids
-    [total], labels [total] (-100 at video rows and where input labels are -100), visual_spans
-    [runs, 2] rows of each video run in `embeds`."""
-
-    embeds: Tensor
-    cu_seqlens: Tensor
-    max_seqlen: int
-    position_ids: Tensor
-    labels: Tensor
-    visual_spans: Tensor
+PackedSequence = InterleavedBatch  # embeds, cu_seqlens, max_seqlen, position_ids, labels,
+#                                   visual_spans, visual_index (the row of each video token)
 
 
 def pack_sequence(embed_tokens: torch.nn.Module, input_ids: Tensor, labels: Tensor | None,
@@ -119,8 +107,7 @@ def pack_sequence(embed_tokens: torch.nn.Module, input_ids: Tensor, labels: Tens
     if visual_lengths is not None:
         segments = segments.clone()
         segments[segments[:, 1] == 1, 2] = torch.as_tensor(visual_lengths, dtype=torch.long)
-    batch = interleave_pack(text, visual.to(text.dtype), segments, text_labels)
-    return PackedSequence(*batch)
+    return interleave_pack(text, visual.to(text.dtype), segments, text_labels)
 
 
 class PaddedSequence(NamedTuple):
@@ -168,16 +155,6 @@ def pad_sequence_like_seed(embed_tokens: torch.nn.Module, input_ids: Tensor,
     mask = (torch.arange(embeds.shape[1], device=embeds.device)[None]
             < torch.tensor(lengths, device=embeds.device)[:, None]).long()
     return PaddedSequence(embeds, mask, padded_labels, spans)
-
-
-def span_rows(spans: Tensor, lengths: Sequence[int]) -> Tensor:
-    """Rows [start_i, start_i + lengths[i]) of every span, concatenated: a device index built
-    without a host round trip (the lengths are host values)."""
-    lengths_t = torch.tensor(list(lengths), device=spans.device)
-    total = int(sum(lengths))
-    first = spans[:, 0].repeat_interleave(lengths_t, output_size=total)
-    run_start = (lengths_t.cumsum(0) - lengths_t).repeat_interleave(lengths_t, output_size=total)
-    return first + torch.arange(total, device=spans.device) - run_start
 
 
 def packed_lm_loss(logits: Tensor, labels: Tensor, cu_seqlens: Tensor) -> Tensor:

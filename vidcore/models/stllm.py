@@ -42,7 +42,6 @@ from vidcore.models.sequence import (
     packed_lm_loss,
     pad_sequence_like_seed,
     padded_lm_loss,
-    span_rows,
 )
 from vidcore.models.video_llm import CLIP_VIT_L_14, VideoLLMPreTrainedModel, VideoQAOutput
 from vidcore.models.video_qa_task import video_qa_task
@@ -273,12 +272,12 @@ class STLLMForVideoQA(VideoLLMPreTrainedModel, GenerationMixin):
                                      video.reshape(batch * length, width))
                 target = self.decode_packed(full.embeds, full.position_ids, full.cu_seqlens,
                                             full.max_seqlen)
-            owner = torch.repeat_interleave(
-                torch.arange(batch, device=visual.device),
-                torch.tensor(kept, device=visual.device), output_size=mask.total_kept)
-            target_rows = full.visual_spans[owner, 0] + mask.keep_idx - owner * length
-            predicted = self._mvm_project(hidden[span_rows(seq.visual_spans, kept)])
-            mvm_loss = cosine_consistency_loss(predicted, target[target_rows])
+            # visual row b * L + l of the unmasked run is video token l of sample b, so the
+            # kept tokens' flat indices pick their rows there; the masked run's video rows are
+            # exactly the kept tokens, in the same order
+            predicted = self._mvm_project(hidden[seq.visual_index])
+            expected = target[full.visual_index[mask.keep_idx]]
+            mvm_loss = cosine_consistency_loss(predicted, expected)
         return logits[None], lm_loss, mvm_loss, seq.cu_seqlens
 
     def _padded(self, input_ids, labels, layout, video, ratios, seed):
