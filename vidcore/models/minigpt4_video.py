@@ -239,3 +239,5 @@ def tiny_minigpt4_video_config(vocab_size: int, video_token_index: int, *, frame
 
 TRAIN_TASK = video_qa_task("minigpt4_video", MiniGPT4VideoForVideoQA, MiniGPT4VideoProcessor,
                            tiny_minigpt4_video_config)
+
+AutoConfig.register(MiniGPT4VideoConfig.model_type, MiniGPT4VideoConfig, exist_ok=True)

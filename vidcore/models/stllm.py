@@ -363,3 +363,5 @@ def tiny_stllm_config(vocab_size: int, video_token_index: int, *, frame_size: in
 
 
 TRAIN_TASK = video_qa_task("stllm", STLLMForVideoQA, STLLMProcessor, tiny_stllm_config)
+
+AutoConfig.register(STLLMConfig.model_type, STLLMConfig, exist_ok=True)

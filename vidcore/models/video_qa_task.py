@@ -69,7 +69,7 @@ def video_qa_task(name: str, model_class, processor_class,
     def build_processor(args):
         tokenizer = synthetic_tokenizer(processor_class)
         probe = tiny_config(len(tokenizer), 0, frame_size=args.frame_size, width=args.width)
-        return processor_class.for_model(tokenizer, probe)
+        return processor_class.for_model(tokenizer, probe, num_frames=args.num_frames)
 
     def build_model(args):
         return model_class(config(args))

@@ -41,10 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG")
     bench.add_argument("--no-plot", action="store_true")
+    from vidcore.models import chat  # import-light: models load when the command runs
+
+    chat.add_arguments(sub.add_parser("chat", help="answer a question about a video with a "
+                                      "trained ST-LLM / MiniGPT4-Video"))
     args = parser.parse_args(argv)
     if args.command == "info":
         _print_info(args.json)
         return 0
+    if args.command == "chat":
+        return chat.run(args)
     from vidcore.bench.runner import run
 
     results = run(args.ops.split(",") if args.ops else None, args.size, args.device, args.out,
