@@ -46,7 +46,7 @@ def _prompts(runs: list[list[int]], vocab: int, generator: torch.Generator) -> d
             ids += torch.randint(5, vocab, (3 + b % 3,), generator=generator).tolist()
             ids += [VIDEO_TOKEN] * run
         ids += torch.randint(5, vocab, (20 + 3 * b,), generator=generator).tolist()
-        answer = torch.randint(5, vocab, (6,), generator=generator).tolist() + [2]
+        answer = [*torch.randint(5, vocab, (6,), generator=generator).tolist(), 2]
         rows.append(ids + answer)
         targets.append([IGNORE_INDEX] * len(ids) + answer)
     width = max(map(len, rows))

@@ -105,8 +105,11 @@ def _wrap(model: nn.Module, args: argparse.Namespace, device: torch.device) -> n
     if args.world_size == 1:
         return model
     if args.parallel == "ddp":
+        # find_unused_parameters: vision towers keep pooler-only weights (CLIP's post_layernorm
+        # normalises just the pooled CLS) that video tokens never reach
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     from torch.distributed.fsdp import fully_shard
 
     for module in list(model.modules()):  # one shard group per transformer layer, then the rest
