@@ -114,9 +114,14 @@ def test_stllm_precomputed_features_equal_frames(vqa):
     model.eval()
     frames = batch.pop("pixel_values_videos")
     features = model.vision_tower(pixel_values=frames.flatten(0, 1)).last_hidden_state
+    features = features.unflatten(0, frames.shape[:2])
     by_frames = model(**batch, pixel_values_videos=frames)
-    by_features = model(**batch, video_features=features.unflatten(0, frames.shape[:2]))
+    by_features = model(**batch, video_features=features)
     torch.testing.assert_close(by_frames.logits, by_features.logits)
+    prompt = vqa.synthetic_batch(processor, answers=False)
+    frames = prompt.pop("pixel_values_videos")
+    assert torch.equal(model.generate(**prompt, pixel_values_videos=frames, max_new_tokens=2),
+                       model.generate(**prompt, video_features=features, max_new_tokens=2))
 
 
 def test_stllm_save_load_round_trip(vqa, tmp_path):

@@ -187,6 +187,16 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
         no masking (inference). Implemented by each model."""
         raise NotImplementedError
 
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False,
+                                      **kwargs):
+        """transformers drops pixel_values_videos after the prefill; do the same for
+        precomputed video_features (the video is in the KV cache by then)."""
+        inputs = super().prepare_inputs_for_generation(
+            *args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            inputs.pop("video_features", None)
+        return inputs
+
     def _inference_forward(self, input_ids, features, attention_mask, position_ids,
                            past_key_values, inputs_embeds, use_cache, logits_to_keep, **kwargs):
         if inputs_embeds is None:
