@@ -86,8 +86,9 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
     def from_parts(cls, *, vision_model: str | os.PathLike | PreTrainedModel,
                    language_model: str | os.PathLike | PreTrainedModel, **config_kwargs):
         """A model whose vision tower and LM come from local checkpoints (directories) or
-        loaded models; the rest (projector, Q-Former, ...) is initialised from the config."""
-        vision = _load(AutoModel, vision_model)
+        loaded models (a CLIP / SigLIP dual encoder gives its vision half); the rest
+        (projector, Q-Former, ...) is initialised from the config."""
+        vision = _vision_tower(_load(AutoModel, vision_model))
         text = _load(AutoModelForCausalLM, language_model)
         config = cls.config_class(vision_config=vision.config.to_dict(),
                                   text_config=text.config.to_dict(), **config_kwargs)
@@ -218,6 +219,16 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
                                   position_ids=position_ids, past_key_values=past_key_values,
                                   use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         return VideoQAOutput(logits=out.logits, past_key_values=out.past_key_values)
+
+
+def _vision_tower(model: PreTrainedModel) -> PreTrainedModel:
+    """The vision half of a dual-encoder checkpoint (CLIPModel, SiglipModel: a `vision_model`
+    beside a text model) as its own vision model; any other model as it is."""
+    if not (hasattr(model.config, "vision_config") and hasattr(model, "vision_model")):
+        return model
+    tower = AutoModel.from_config(model.config.vision_config)
+    tower.load_state_dict(model.vision_model.state_dict())
+    return tower
 
 
 def _load(auto_class, source):
