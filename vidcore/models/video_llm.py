@@ -188,6 +188,33 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
         no masking (inference). Implemented by each model."""
         raise NotImplementedError
 
+    def _training_forward(self, input_ids: Tensor, labels: Tensor, layout: SequenceLayout,
+                          features: Tensor, mask_seed: int | None) -> VideoQAOutput:
+        """The forward with labels (see the module docstring). Implemented by each model."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: Tensor | None = None, pixel_values_videos: Tensor | None = None,
+                attention_mask: Tensor | None = None, labels: Tensor | None = None, *,
+                video_features: Tensor | None = None,
+                sequence_layout: SequenceLayout | None = None, mask_seed: int | None = None,
+                position_ids: Tensor | None = None, past_key_values=None,
+                inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | Tensor = 0, **kwargs) -> VideoQAOutput:
+        """LlavaNextVideo's interface. `video_features`: the vision tower's outputs [B, T, P, Dv]
+        instead of frames; `sequence_layout`: the collate function's host-side plan (else derived
+        from input_ids); `mask_seed`: fixes a training forward's dynamic mask (ST-LLM; default:
+        torch's RNG)."""
+        has_video = pixel_values_videos is not None or video_features is not None
+        features = self.encode_frames(pixel_values_videos, video_features) if has_video else None
+        if labels is None:
+            return self._inference_forward(input_ids, features, attention_mask, position_ids,
+                                           past_key_values, inputs_embeds, use_cache,
+                                           logits_to_keep, **kwargs)
+        if features is None or input_ids is None:
+            raise ValueError("a training forward (labels given) needs input_ids and a video")
+        layout = self.layout_for(input_ids, attention_mask, sequence_layout)
+        return self._training_forward(input_ids, labels, layout, features, mask_seed)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False,
                                       **kwargs):
         """transformers drops pixel_values_videos after the prefill; do the same for
