@@ -50,18 +50,21 @@ def test_stllm_qwen2_language_model(vqa):
 
 
 def test_stllm_masks_the_seed_count_once_per_batch(vqa):
-    """One ratio per batch: every sample keeps L - m video tokens, m the seed's count; the
-    packed sequences are the prompts with that many video tokens."""
+    """One ratio per batch: every sample keeps L - m video tokens, m = int(ratio * L), the seed's
+    truncation (stllm/models/utils.py), not make_mask's default rounding; the packed sequences
+    are the prompts with that many video tokens."""
     model, processor = setup(vqa)
     batch = vqa.synthetic_batch(processor, batch_size=3)
     model.train()
-    out = model(**batch, mask_seed=11)
     length = model.config.video_tokens(4)
-    ratio = stllm.draw_ratios(1, 11)[0]
-    masked = {int(ratio * length), int(ratio * length + 0.5)}  # "trunc" once count_rule lands
+    # a seed whose ratio rounds and truncates differently, so the rule is what is tested
+    seed = next(s for s in range(100) if int(stllm.draw_ratios(1, s)[0] * length)
+                != int(stllm.draw_ratios(1, s)[0] * length + 0.5))
+    out = model(**batch, mask_seed=seed)
+    masked = int(stllm.draw_ratios(1, seed)[0] * length)
     text = batch["attention_mask"].sum(1) - length
     kept = torch.diff(out.cu_seqlens).long() - text
-    assert len(set(kept.tolist())) == 1 and length - int(kept[0]) in masked
+    assert len(set(kept.tolist())) == 1 and length - int(kept[0]) == masked
 
 
 def test_stllm_per_sample_ratios_differ(vqa):

@@ -240,7 +240,7 @@ class STLLMForVideoQA(VideoLLMPreTrainedModel, GenerationMixin):
         embed = self.get_input_embeddings()
         if ratios is not None:
             visual, mask = mask_and_pack(video.reshape(batch, 1, 1, length, width).contiguous(),
-                                         ratios, seed=seed)
+                                         ratios, seed=seed, count_rule="trunc")
             kept = mask.kept_per_video
         else:
             visual, kept = video.reshape(batch * length, width), [length] * batch
@@ -270,7 +270,7 @@ class STLLMForVideoQA(VideoLLMPreTrainedModel, GenerationMixin):
         runs, keep = list(video.unbind(0)), None
         if ratios is not None:
             mask = make_mask(1, (1, length), ratios, batch_size=batch, seed=seed,
-                             device=video.device, backend="torch")
+                             count_rule="trunc", device=video.device, backend="torch")
             keep = [mask.keep_idx[mask.cu_seqlens[b]:mask.cu_seqlens[b + 1]] - b * length
                     for b in range(batch)]
             runs = [video[b, keep[b]] for b in range(batch)]
