@@ -95,6 +95,10 @@ def vidcore_attention_forward(module: torch.nn.Module, query: Tensor, key: Tenso
                     "vidcore reads 2-D padding masks (through its mask interface) and 4-D masks")
         intervals = attention_mask if is_key_intervals(attention_mask) else intervals_from_dense(
             attention_mask, key.shape[2], _layer(module))
+        if kwargs.get("cu_seq_lens_q") is not None:
+            intervals = _within_sequences(intervals, kwargs["cu_seq_lens_q"],
+                                          kwargs["cu_seq_lens_k"], query.shape[0],
+                                          query.shape[2], key.shape[2])
         return _attend(query, key, value, scaling, intervals=intervals), None
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     intervals = _window_intervals(query.shape[2], key.shape[2], sliding_window, causal, query.device)
@@ -102,6 +106,21 @@ def vidcore_attention_forward(module: torch.nn.Module, query: Tensor, key: Tenso
         return _attend_varlen(query, key, value, scaling, causal, kwargs), None
     return _attend(query, key, value, scaling, intervals=intervals,
                    causal=causal and intervals is None), None
+
+
+def _within_sequences(intervals: Tensor, cu_q: Tensor, cu_k: Tensor, batch: int, len_q: int,
+                      len_k: int) -> Tensor:
+    """Intersect key intervals with FlashAttention offsets into the flattened rows
+    (DataCollatorWithFlattening): query token t of sequence s sees keys of s only."""
+    flat = torch.arange(batch * len_q, device=intervals.device)
+    sequence = torch.searchsorted(cu_q[1:].to(flat), flat, right=True).clamp(max=cu_q.numel() - 2)
+    row_start = (flat // len_q) * len_k  # flattened index of the row's first key
+    start, end = ((cu_k.to(flat)[sequence + i] - row_start).view(batch, 1, len_q)
+                  for i in (0, 1))
+    intervals = intervals.expand(batch, 1, len_q, 2)
+    lo = torch.maximum(intervals[..., 0], start).clamp(0, len_k)
+    hi = torch.minimum(intervals[..., 1], end).clamp(0, len_k)
+    return torch.stack([lo, torch.maximum(hi, lo)], -1).to(torch.int32)
 
 
 def _window_intervals(len_q: int, len_k: int, sliding_window: int | None, causal: bool,
@@ -131,7 +150,7 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float | None, *,
     if by_head:
         group = heads_q // heads_k
         q = query.reshape(batch, heads_k, group, len_q, dim).transpose(2, 3).reshape(-1, group, dim)
-        k, v = key.view(-1, 1, dim), value.view(-1, 1, dim)
+        k, v = key.reshape(-1, 1, dim), value.reshape(-1, 1, dim)
         sequences = batch * heads_k
     else:
         q = query.transpose(1, 2).reshape(-1, heads_q, dim)
@@ -146,7 +165,7 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float | None, *,
                     max_seqlen_k=len_k, causal=causal, scale=scale,
                     tokens_per_frame=None if ranges is None else 1, q_frame_range=ranges)
     if by_head:
-        out = out.view(batch, heads_k, len_q, -1, dim).permute(0, 2, 1, 3, 4)
+        out = out.reshape(batch, heads_k, len_q, -1, dim).permute(0, 2, 1, 3, 4)
     return out.reshape(batch, len_q, heads_q, dim)
 
 

@@ -62,10 +62,6 @@ class _Rule:
                      segments=self.segments if other.segments is None else other.segments,
                      chunk=self.chunk or other.chunk, remapped=self.remapped or other.remapped)
 
-    @property
-    def plain_causal(self) -> bool:
-        return self.left is None and self.right == 0 and self.segments is None and not self.chunk
-
     def describe(self) -> str:
         kind = {None: "bidirectional", 0: "causal"}.get(self.right, "bidirectional")
         if self.left is not None:
@@ -215,18 +211,15 @@ def _first_bad(exact: Tensor) -> tuple[int, int]:
 def key_intervals_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int | Tensor = 0,
                        kv_offset: int = 0, mask_function=causal_mask_function,
                        attention_mask: Tensor | None = None, use_vmap: bool = False,
-                       device: torch.device | str = "cpu", config=None, **kwargs) -> Tensor | None:
-    """AttentionMaskInterface entry of "vidcore": int32 [B, 1, Lq, 2] key intervals, or None
-    for a plain causal mask with no padding and queries at the end of the keys (then the
-    attention runs bottom-right causal, the way transformers' sdpa reads a None mask)."""
+                       device: torch.device | str = "cpu", config=None, **kwargs) -> Tensor:
+    """AttentionMaskInterface entry of "vidcore": int32 [B, 1, Lq, 2] key intervals. Never None,
+    even for a plain causal mask: a None mask would leave causality to the module's `is_causal`,
+    which some models set against their mask (PaliGemma's Gemma layers say bidirectional)."""
     device = torch.device(device)
     rule = _rule_of(mask_function)
     if rule is not None and rule.remapped and rule.segments is None:
         rule = None
     padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
-    if rule is not None and rule.plain_causal and padding is None and kv_offset == 0 and (
-            not isinstance(q_offset, Tensor) and q_offset + q_length == kv_length):
-        return None
     where = f"{getattr(config, 'model_type', 'model')} {_kind(rule, mask_function)} mask"
     if rule is None:
         return _dense_intervals(batch_size, q_length, kv_length, q_offset, kv_offset,
