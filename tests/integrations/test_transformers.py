@@ -9,7 +9,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from vidcore.testing import assert_no_worse_than_torch  # noqa: E402
+from vidcore.integrations.transformers import vidcore_attention_forward  # noqa: E402
+from vidcore.testing import assert_close, assert_no_worse_than_torch  # noqa: E402
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -155,3 +156,44 @@ def test_flash_attention_offsets_are_honoured(hf, positions):
         expected = theirs(input_ids=ids, position_ids=position_ids,
                           attention_mask=block_causal).logits
     hf.assert_logits_match(got, expected)
+
+
+def _sdpa(q, k, v, visible):
+    """torch's own attention with an explicit [Lq, Lk] mask, GQA by repeating key heads."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.repeat_interleave(group, 1) for t in (k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+
+
+@pytest.mark.parametrize("causal, window, len_q", [(True, None, 7), (False, None, 7),
+                                                   (True, 3, 7), (True, 3, 2), (False, 3, 7),
+                                                   (True, 9, 7)])
+def test_maskless_layers(causal, window, len_q):
+    """Layers called without a mask (vision towers, custom code) run the module's causality and
+    the flash-attention window convention: i - window < j <= i (+ window - 1 bidirectional)."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, len_q, 8, generator=generator)
+    k, v = (torch.randn(2, 2, 7, 8, generator=generator) for _ in range(2))
+    module = torch.nn.Module()
+    module.is_causal = causal
+    got, _ = vidcore_attention_forward(module, q, k, v, None, sliding_window=window)
+    i = torch.arange(len_q)[:, None] + 7 - len_q  # bottom-right aligned
+    j = torch.arange(7)[None]
+    visible = (j <= i) if causal else torch.ones(len_q, 7, dtype=torch.bool)
+    if window is not None:
+        visible = visible & (j > i - window) & (j < i + window)
+    assert_close(got, _sdpa(q, k, v, visible).transpose(1, 2), dtype=torch.float32)
+
+
+def test_maskless_layers_with_flash_attention_offsets():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=generator) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = True
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    got, _ = vidcore_attention_forward(module, q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                       max_length_q=5, max_length_k=5)
+    expected = torch.cat([_sdpa(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
+                                torch.ones(b - a, b - a, dtype=torch.bool).tril())
+                          for a, b in ((0, 4), (4, 9))], 2)
+    assert_close(got, expected.transpose(1, 2), dtype=torch.float32)

@@ -31,9 +31,10 @@ def _qkv(value_dim=8):
 
 @pytest.mark.parametrize("kwargs, feature", [
     (dict(dropout=0.1), r"attention dropout while training \(p=0.1\)"),
+    (dict(output_attentions=True), r"returning attention weights \(output_attentions=True\)"),
     (dict(position_bias=torch.zeros(1, 4, 5, 5)), r"an additive position bias"),
-    (dict(s_aux=torch.zeros(4)), r"attention sinks"),
-    (dict(sinks=torch.zeros(4)), r"attention sinks"),
+    (dict(s_aux=torch.zeros(4)), r"a sink logit per head \(attention sinks\)"),
+    (dict(sinks=torch.zeros(4)), r"a sink logit per head \(attention sinks\)"),
     (dict(indices=torch.zeros(1, 5, 2, dtype=torch.long)), r"sparse key selection"),
     (dict(cache=object()), r"a paged KV cache"),
 ])

@@ -15,8 +15,9 @@ masks. A layer with no mask runs plain causal or bidirectional attention (the mo
 `cu_seq_lens_q/k` kwargs run varlen. Nothing reads device data on the host per layer.
 
 What the op cannot compute exactly is refused with a ValueError naming the layer and the one
-feature: attention dropout while training, additive position biases, attention sinks, sparse
-key selection, paged caches, masks whose keys have holes. See README "Hugging Face backend".
+feature: attention dropout while training, attention weights as output, additive position
+biases, attention sinks, sparse key selection, paged caches, masks whose keys have holes (see
+the README's "Hugging Face backend" table).
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ __all__ = ["vidcore_attention_forward", "register"]
 _UNSUPPORTED_KWARGS = {
     "position_bias": ("an additive position bias (T5-style relative attention bias)",
                       "vidcore attention adds no bias to the scores"),
-    "s_aux": ("attention sinks", "vidcore attention has no sink logits in its softmax"),
-    "sinks": ("attention sinks", "vidcore attention has no sink logits in its softmax"),
+    "s_aux": ("a sink logit per head (attention sinks)",
+              "vidcore attention has no sink logits in its softmax"),
+    "sinks": ("a sink logit per head (attention sinks)",
+              "vidcore attention has no sink logits in its softmax"),
     "indices": ("sparse key selection (top-k key indices)",
                 "vidcore attention selects keys by intervals only"),
     "block_indices": ("sparse key selection (key block indices)",
@@ -72,6 +75,9 @@ def _check_features(module: torch.nn.Module, key: Tensor, value: Tensor, dropout
     if softcap is not None:
         _refuse(module, f"attention logit softcapping (softcap={softcap})",
                 "this vidcore build has no softcap in the op")
+    if kwargs.get("output_attentions"):
+        _refuse(module, "returning attention weights (output_attentions=True)",
+                "vidcore attention never materializes the query x key probabilities")
     for name, (feature, why) in _UNSUPPORTED_KWARGS.items():
         if kwargs.get(name) is not None:
             _refuse(module, feature, why)
