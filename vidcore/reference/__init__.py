@@ -2,7 +2,7 @@
 fallback and the benchmark baseline. Written for clarity, not speed; shapes in docstrings.
 One module per op; this package re-exports every reference function.
 """
-from vidcore.reference.attention import attention, attention_backward, visible_keys
+from vidcore.reference.attention import attention, attention_backward, key_intervals
 from vidcore.reference.merge_attention_states import (
     merge_attention_states,
     merge_attention_states_backward,
@@ -22,7 +22,7 @@ from vidcore.reference.unit_keys import lowbias32, unit_keys
 __all__ = [
     "attention",
     "attention_backward",
-    "visible_keys",
+    "key_intervals",
     "lowbias32",
     "unit_keys",
     "merge_attention_states",
