@@ -103,6 +103,14 @@ def assert_same_gradients(ours, theirs, **batch) -> None:
             assert_close(param.grad, grads[name].grad, dtype=torch.float32)
 
 
+def training_labels(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels of the valid tokens, except each row's first valid token after left padding: the
+    logits that predict it come from a padding position, whose output is undefined (sdpa gives
+    0, eager a uniform average)."""
+    previous_valid = torch.nn.functional.pad(mask[:, :-1], (1, 0), value=1).bool()
+    return ids.masked_fill(~mask.bool() | ~previous_valid, -100)
+
+
 def left_padded(batch: int, length: int, pads: list[int], seed: int = 1):
     """Random ids and a 2-D mask whose row b has pads[b] padding tokens on the left."""
     generator = torch.Generator().manual_seed(seed)
@@ -120,4 +128,5 @@ def hf() -> SimpleNamespace:
     return SimpleNamespace(
         VOCAB=VOCAB, decoder_config=decoder_config, twins=twins, decoder_twins=decoder_twins,
         assert_logits_match=assert_logits_match, assert_same_generation=assert_same_generation,
-        assert_same_gradients=assert_same_gradients, left_padded=left_padded)
+        assert_same_gradients=assert_same_gradients, training_labels=training_labels,
+        left_padded=left_padded)

@@ -46,8 +46,8 @@ def test_packed_rows_batch_2_match_each_sequence_alone(decoder, hf):
 def test_training_gradients(decoder, hf):
     _, ours, theirs = decoder
     ids, mask = hf.left_padded(2, 10, [0, 3])
-    labels = ids.masked_fill(mask == 0, -100)
-    hf.assert_same_gradients(ours, theirs, input_ids=ids, attention_mask=mask, labels=labels)
+    hf.assert_same_gradients(ours, theirs, input_ids=ids, attention_mask=mask,
+                             labels=hf.training_labels(ids, mask))
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -90,11 +90,12 @@ def test_4d_masks(decoder, hf, form):
     ids, mask = ids.flip(1), mask.flip(1)
     segments = torch.tensor([[0] * 6 + [1] * 4, [0] * 10])
     for visible in (_causal_4d(mask), _causal_4d(torch.ones_like(mask), segments)):
-        mask_4d = visible if form == "bool" else torch.where(
-            visible, 0.0, torch.finfo(torch.float32).min)
+        additive = torch.where(visible, 0.0, torch.finfo(torch.float32).min)
         with torch.no_grad():
+            mask_4d = visible if form == "bool" else additive
             got = ours(input_ids=ids, attention_mask=mask_4d).logits
-            expected = theirs(input_ids=ids, attention_mask=mask_4d).logits
+            # eager adds a 4-D mask to the scores, so the oracle always gets the float form
+            expected = theirs(input_ids=ids, attention_mask=additive).logits
         hf.assert_logits_match(got, expected, visible[:, 0].any(-1))
 
 
@@ -158,31 +159,38 @@ def test_flash_attention_offsets_are_honoured(hf, positions):
     hf.assert_logits_match(got, expected)
 
 
-def _sdpa(q, k, v, visible):
-    """torch's own attention with an explicit [Lq, Lk] mask, GQA by repeating key heads."""
+def _attention_f64(q, k, v, visible, softcap=None):
+    """softmax(cap(q k^T / sqrt(d)) + mask) v in float64, GQA by repeating key heads."""
     group = q.shape[1] // k.shape[1]
-    k, v = (t.repeat_interleave(group, 1) for t in (k, v))
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    q, k, v = (t.double() for t in (q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)))
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    return (scores.masked_fill(~visible, -torch.inf).softmax(-1) @ v).float()
 
 
 @pytest.mark.parametrize("causal, window, len_q", [(True, None, 7), (False, None, 7),
                                                    (True, 3, 7), (True, 3, 2), (False, 3, 7),
                                                    (True, 9, 7)])
-def test_maskless_layers(causal, window, len_q):
-    """Layers called without a mask (vision towers, custom code) run the module's causality and
-    the flash-attention window convention: i - window < j <= i (+ window - 1 bidirectional)."""
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_maskless_layers(causal, window, len_q, softcap):
+    """Layers called without a mask (vision towers, custom code) run the module's causality, the
+    flash-attention window convention (i - window < j <= i, + window - 1 when bidirectional)
+    and softcap. The oracle is a float64 loop."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, len_q, 8, generator=generator)
     k, v = (torch.randn(2, 2, 7, 8, generator=generator) for _ in range(2))
     module = torch.nn.Module()
     module.is_causal = causal
-    got, _ = vidcore_attention_forward(module, q, k, v, None, sliding_window=window)
+    got, _ = vidcore_attention_forward(module, q, k, v, None, sliding_window=window,
+                                       softcap=softcap)
     i = torch.arange(len_q)[:, None] + 7 - len_q  # bottom-right aligned
     j = torch.arange(7)[None]
     visible = (j <= i) if causal else torch.ones(len_q, 7, dtype=torch.bool)
     if window is not None:
         visible = visible & (j > i - window) & (j < i + window)
-    assert_close(got, _sdpa(q, k, v, visible).transpose(1, 2), dtype=torch.float32)
+    assert_close(got, _attention_f64(q, k, v, visible, softcap).transpose(1, 2),
+                 dtype=torch.float32)
 
 
 def test_maskless_layers_with_flash_attention_offsets():
@@ -193,7 +201,7 @@ def test_maskless_layers_with_flash_attention_offsets():
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
     got, _ = vidcore_attention_forward(module, q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                                        max_length_q=5, max_length_k=5)
-    expected = torch.cat([_sdpa(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
-                                torch.ones(b - a, b - a, dtype=torch.bool).tril())
+    expected = torch.cat([_attention_f64(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
+                                         torch.ones(b - a, b - a, dtype=torch.bool).tril())
                           for a, b in ((0, 4), (4, 9))], 2)
     assert_close(got, expected.transpose(1, 2), dtype=torch.float32)

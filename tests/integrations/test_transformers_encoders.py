@@ -76,8 +76,8 @@ def test_bert_padded_batch(hf, side):
 def test_bert_training_gradients(hf):
     ours, theirs = _twins("bert", hf.twins)
     ids, mask = _encoder_batch(hf, length=9, pads=(0, 4))
-    labels = ids.masked_fill(mask == 0, -100)
-    hf.assert_same_gradients(ours, theirs, input_ids=ids, attention_mask=mask, labels=labels)
+    hf.assert_same_gradients(ours, theirs, input_ids=ids, attention_mask=mask,
+                             labels=ids.masked_fill(mask == 0, -100))
 
 
 def test_bert_4d_mask(hf):

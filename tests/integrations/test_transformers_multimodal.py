@@ -121,8 +121,8 @@ def test_padded_batch(vlm, hf):
 def test_training_gradients(vlm, hf):
     ours, theirs, inputs = vlm
     batch = _batch(hf, inputs)
-    keep = batch["attention_mask"].bool() & (batch["input_ids"] < IMAGE)
-    batch["labels"] = batch["input_ids"].masked_fill(~keep, -100)
+    labels = hf.training_labels(batch["input_ids"], batch["attention_mask"])
+    batch["labels"] = labels.masked_fill(labels >= IMAGE, -100)
     hf.assert_same_gradients(ours, theirs, **batch)
 
 

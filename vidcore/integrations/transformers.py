@@ -66,15 +66,12 @@ def _refuse(module: torch.nn.Module, feature: str, why: str) -> None:
 
 
 def _check_features(module: torch.nn.Module, key: Tensor, value: Tensor, dropout: float,
-                    softcap: float | None, kwargs: dict) -> None:
+                    kwargs: dict) -> None:
     """Refuse, naming it, the first feature the op cannot compute exactly."""
     if dropout > 0.0:
         _refuse(module, f"attention dropout while training (p={dropout})",
                 "vidcore attention has no dropout; set the config's attention dropout to 0 or "
                 "call model.eval()")
-    if softcap is not None:
-        _refuse(module, f"attention logit softcapping (softcap={softcap})",
-                "this vidcore build has no softcap in the op")
     if kwargs.get("output_attentions"):
         _refuse(module, "returning attention weights (output_attentions=True)",
                 "vidcore attention never materializes the query x key probabilities")
@@ -93,7 +90,7 @@ def vidcore_attention_forward(module: torch.nn.Module, query: Tensor, key: Tenso
                               **kwargs) -> tuple[Tensor, None]:
     """transformers attention function: query [B, Hq, Lq, d], key/value [B, Hk, Lk, d] ->
     ([B, Lq, Hq, d], None)."""
-    _check_features(module, key, value, dropout, softcap, kwargs)
+    _check_features(module, key, value, dropout, kwargs)
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 4:
             _refuse(module, f"an attention mask of type {type(attention_mask).__name__} "
@@ -105,13 +102,15 @@ def vidcore_attention_forward(module: torch.nn.Module, query: Tensor, key: Tenso
             intervals = _within_sequences(intervals, kwargs["cu_seq_lens_q"],
                                           kwargs["cu_seq_lens_k"], query.shape[0],
                                           query.shape[2], key.shape[2])
-        return _attend(query, key, value, scaling, intervals=intervals), None
+        return _attend(query, key, value, scaling, softcap, intervals=intervals), None
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    intervals = _window_intervals(query.shape[2], key.shape[2], sliding_window, causal, query.device)
+    # flash-attention's convention for a maskless window: the query and sliding_window - 1 keys
+    # before it (as many after when bidirectional); the op ignores a window that cannot bind.
+    window = None if sliding_window is None else (sliding_window - 1, -1 if causal else
+                                                  sliding_window - 1)
     if kwargs.get("cu_seq_lens_q") is not None:
-        return _attend_varlen(query, key, value, scaling, causal, kwargs), None
-    return _attend(query, key, value, scaling, intervals=intervals,
-                   causal=causal and intervals is None), None
+        return _attend_varlen(query, key, value, scaling, softcap, causal, window, kwargs), None
+    return _attend(query, key, value, scaling, softcap, causal=causal, window=window), None
 
 
 def _within_sequences(intervals: Tensor, cu_q: Tensor, cu_k: Tensor, batch: int, len_q: int,
@@ -129,21 +128,9 @@ def _within_sequences(intervals: Tensor, cu_q: Tensor, cu_k: Tensor, batch: int,
     return torch.stack([lo, torch.maximum(hi, lo)], -1).to(torch.int32)
 
 
-def _window_intervals(len_q: int, len_k: int, sliding_window: int | None, causal: bool,
-                      device: torch.device) -> Tensor | None:
-    """Key intervals of a maskless layer's sliding window (flash-attention's convention: the
-    query and the sliding_window - 1 keys before it; as many after when bidirectional), or None
-    when the window cannot bind (no more than sliding_window keys)."""
-    if sliding_window is None or len_k <= sliding_window:
-        return None
-    last = torch.arange(len_q, device=device) + (len_k - len_q)  # bottom-right aligned
-    lo = (last - (sliding_window - 1)).clamp(min=0)
-    hi = (last + 1 if causal else last + sliding_window).clamp(max=len_k)
-    return torch.stack([lo, hi], -1).to(torch.int32)[None, None]
-
-
-def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float | None, *,
-            intervals: Tensor | None = None, causal: bool = False) -> Tensor:
+def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float | None,
+            softcap: float | None, *, intervals: Tensor | None = None, causal: bool = False,
+            window: tuple[int, int] | None = None) -> Tensor:
     """Run the op over a padded batch; out [B, Lq, Hq, d].
 
     The op takes packed [total, H, d] rows with int32 offsets. Keys laid out [B, Hk, Lk, d] (KV
@@ -168,8 +155,9 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float | None, *,
         ranges = per_row.reshape(-1, 2).contiguous()
     out = attention(q, k, v, cu_seqlens_q=_offsets(sequences, len_q, q.device),
                     cu_seqlens_k=_offsets(sequences, len_k, q.device), max_seqlen_q=len_q,
-                    max_seqlen_k=len_k, causal=causal, scale=scale,
-                    tokens_per_frame=None if ranges is None else 1, q_frame_range=ranges)
+                    max_seqlen_k=len_k, causal=causal, scale=scale, window=window,
+                    softcap=softcap, tokens_per_frame=None if ranges is None else 1,
+                    q_frame_range=ranges)
     if by_head:
         out = out.reshape(batch, heads_k, len_q, -1, dim).permute(0, 2, 1, 3, 4)
     return out.reshape(batch, len_q, heads_q, dim)
@@ -179,14 +167,15 @@ def _offsets(sequences: int, length: int, device: torch.device) -> Tensor:
     return torch.arange(0, (sequences + 1) * length, length, dtype=torch.int32, device=device)
 
 
-def _attend_varlen(query: Tensor, key: Tensor, value: Tensor, scale: float | None, causal: bool,
+def _attend_varlen(query: Tensor, key: Tensor, value: Tensor, scale: float | None,
+                   softcap: float | None, causal: bool, window: tuple[int, int] | None,
                    kwargs: dict) -> Tensor:
     """FlashAttention kwargs (DataCollatorWithFlattening): offsets into the flattened rows."""
     batch, heads_q, len_q, dim = query.shape
     q, k, v = (t.transpose(1, 2).reshape(-1, t.shape[1], dim) for t in (query, key, value))
     out = attention(q, k, v, cu_seqlens_q=kwargs["cu_seq_lens_q"].int(),
                     cu_seqlens_k=kwargs["cu_seq_lens_k"].int(), causal=causal, scale=scale,
-                    max_seqlen_q=int(kwargs["max_length_q"]),
+                    window=window, softcap=softcap, max_seqlen_q=int(kwargs["max_length_q"]),
                     max_seqlen_k=int(kwargs["max_length_k"]))
     return out.view(batch, len_q, heads_q, dim)
 
