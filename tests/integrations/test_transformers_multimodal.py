@@ -10,15 +10,16 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 VIDEO, IMAGE, START, END = 121, 120, 122, 123  # special token ids of the tiny vocabularies
+TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=None,
+            eos_token_id=None)
+VISION = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=16)
 
 
 def _qwen2_vl(attn):
     config = transformers.Qwen2VLConfig(
-        text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2],
-                                          "rope_theta": 10000.0}),
+        text_config=dict(**TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                  "mrope_section": [1, 1, 2]}),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=4,
                            spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START,
@@ -38,13 +39,8 @@ def _qwen2_vl_inputs(ids, mask):
 
 def _llava_next_video(attn):
     config = transformers.LlavaNextVideoConfig(
-        vision_config=transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
-                                                    num_hidden_layers=2, num_attention_heads=2,
-                                                    image_size=16, patch_size=4),
-        text_config=transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4,
-                                             num_key_value_heads=2, pad_token_id=0,
-                                             bos_token_id=None, eos_token_id=None),
+        vision_config=transformers.CLIPVisionConfig(**VISION, num_hidden_layers=2, patch_size=4),
+        text_config=transformers.LlamaConfig(**TEXT),
         video_token_index=VIDEO, image_token_index=IMAGE, spatial_pool_stride=2,
         image_seq_length=16, video_seq_length=8)
     return transformers.LlavaNextVideoForConditionalGeneration._from_config(
@@ -61,13 +57,8 @@ def _llava_next_video_inputs(ids, mask):
 
 def _paligemma(attn):
     config = transformers.PaliGemmaConfig(
-        vision_config=transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
-                                                      num_hidden_layers=1, num_attention_heads=2,
-                                                      image_size=16, patch_size=8),
-        text_config=transformers.GemmaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4,
-                                             num_key_value_heads=1, head_dim=8, pad_token_id=0,
-                                             bos_token_id=None, eos_token_id=None),
+        vision_config=transformers.SiglipVisionConfig(**VISION, num_hidden_layers=1, patch_size=8),
+        text_config=transformers.GemmaConfig(**{**TEXT, "num_key_value_heads": 1}, head_dim=8),
         image_token_index=IMAGE, vocab_size=128, projection_dim=32, hidden_size=32)
     return transformers.PaliGemmaForConditionalGeneration._from_config(config,
                                                                        attn_implementation=attn)
