@@ -5,8 +5,8 @@ chunked, packed rows, prefix-LM / image blocks, left or right padding, the fille
 and sliding caches) lets each query see one interval of key slots [lo, hi). `key_intervals_mask`
 (registered in AttentionMaskInterface) returns those intervals as an int32 tensor
 [B, 1, Lq, 2], which vidcore.ops.attention runs as per-query ranges over one-token frames.
-Nothing here reads device data on the host except the one check per mask build that a 2-D
-padding mask or a custom mask function left no holes (see `require_exact`).
+Nothing here reads device data on the host except one flag per mask build, where a 2-D padding
+mask, a custom mask function or a user 4-D mask could leave holes (see `require_exact`).
 
 Two ways to the intervals, one result:
 - masks composed of transformers' own index rules (causal, sliding window, chunks, packing) are
