@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import vidcore.integrations.transformers  # noqa: E402,F401  registers "vidcore"
-from vidcore.testing import assert_close  # noqa: E402
+from vidcore.testing import assert_close, assert_no_worse_than_torch  # noqa: E402
 
 VOCAB = 97
 _DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -103,6 +103,17 @@ def assert_same_gradients(ours, theirs, **batch) -> None:
             assert_close(param.grad, grads[name].grad, dtype=torch.float32)
 
 
+def assert_bf16_no_worse(ours, theirs, batch: dict) -> None:
+    """bf16 logits: vidcore's error against the fp32 oracle is at most twice the oracle's own
+    bf16 error (plus bf16's atol), over the valid positions."""
+    with torch.no_grad():
+        reference = theirs(**batch).logits
+        got, expected = (copy.deepcopy(model).to(torch.bfloat16)(**batch).logits
+                         for model in (ours, theirs))
+    valid = batch.get("decoder_attention_mask", batch["attention_mask"]).bool()
+    assert_no_worse_than_torch(got[valid], expected[valid], reference[valid])
+
+
 def training_labels(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Labels of the valid tokens, except each row's first valid token after left padding: the
     logits that predict it come from a padding position, whose output is undefined (sdpa gives
@@ -128,5 +139,6 @@ def hf() -> SimpleNamespace:
     return SimpleNamespace(
         VOCAB=VOCAB, decoder_config=decoder_config, twins=twins, decoder_twins=decoder_twins,
         assert_logits_match=assert_logits_match, assert_same_generation=assert_same_generation,
-        assert_same_gradients=assert_same_gradients, training_labels=training_labels,
+        assert_same_gradients=assert_same_gradients, assert_bf16_no_worse=assert_bf16_no_worse,
+        training_labels=training_labels,
         left_padded=left_padded)

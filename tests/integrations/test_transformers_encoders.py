@@ -90,3 +90,14 @@ def test_bert_4d_mask(hf):
         got, expected = ours(input_ids=ids, attention_mask=visible).logits, \
             theirs(input_ids=ids, attention_mask=visible).logits
     hf.assert_logits_match(got, expected)
+
+
+@pytest.mark.parametrize("name", ["bart", "bert"])
+def test_bf16_error_within_twice_the_oracles(hf, name):
+    ours, theirs = _twins(name, hf.twins)
+    ids, mask = _encoder_batch(hf, length=9, pads=(0, 4))
+    batch = dict(input_ids=ids, attention_mask=mask)
+    if name == "bart":
+        decoder_ids, decoder_mask = _encoder_batch(hf, length=11, pads=(2, 0))
+        batch.update(decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask)
+    hf.assert_bf16_no_worse(ours, theirs, batch)

@@ -65,14 +65,13 @@ def _paligemma(attn):
 
 
 def _paligemma_inputs(ids, mask):
-    """4 image tokens, then the prompt: the prefix (token type 0) attends bidirectionally, the
-    suffix from position 10 on (token type 1) causally. Left padding sits before the image."""
-    pads = (mask == 0).sum(1)
+    """4 image tokens, then the prompt: the prefix (token type 0: padding, image, 6 prompt
+    tokens) attends bidirectionally, the suffix (token type 1) causally."""
     types = torch.ones_like(ids)
     generator = torch.Generator().manual_seed(3)
-    for row, pad in enumerate(pads.tolist()):
-        ids[row, pad:pad + 4] = IMAGE
-        types[row, :10] = 0
+    for row, first in enumerate(mask.argmax(1).tolist()):  # first valid token
+        ids[row, first:first + 4] = IMAGE
+        types[row, :first + 10] = 0
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=types,
                 pixel_values=torch.randn(2, 3, 16, 16, generator=generator))
 
@@ -96,17 +95,25 @@ def vlm(request, hf):
     return (*_twins(request.param, hf.twins), MODELS[request.param][1])
 
 
-def _batch(hf, inputs, pads=(0, 2), length=16):
+def _batch(hf, inputs, pads=(0, 2), length=16, side="left"):
     ids, mask = hf.left_padded(2, length, list(pads))
+    if side == "right":
+        ids, mask = ids.roll(-pads[1], 1), mask.roll(-pads[1], 1)
     return inputs(ids, mask)
 
 
-def test_padded_batch(vlm, hf):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch(vlm, hf, side):
     ours, theirs, inputs = vlm
-    batch = _batch(hf, inputs)
+    batch = _batch(hf, inputs, side=side)
     with torch.no_grad():
         got, expected = ours(**batch).logits, theirs(**batch).logits
     hf.assert_logits_match(got, expected, batch["attention_mask"].bool())
+
+
+def test_bf16_error_within_twice_the_oracles(vlm, hf):
+    ours, theirs, inputs = vlm
+    hf.assert_bf16_no_worse(ours, theirs, _batch(hf, inputs))
 
 
 def test_training_gradients(vlm, hf):
