@@ -6,7 +6,11 @@ PY := $(VENV)/bin/python
 export MAX_JOBS ?= 2
 SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/include/*/*.h) setup.py pyproject.toml
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo ci lint test test-slow dist-check bench clean
+
+# What .ci/run runs: lint (seconds), the package a user installs, then the suite (its summary
+# line closes the output).
+ci: lint dist-check test
 
 # The demo's results go to build/bench (ignored): bench/results holds curated snapshots only.
 demo: $(VENV)/.built
@@ -16,8 +20,17 @@ demo: $(VENV)/.built
 test: $(VENV)/.built
 	$(PY) -m pytest tests bench -m "not slow" --benchmark-disable -q
 
+# Tests too slow for CI: the benchmark runner over every op at --size small (compiled baselines
+# included), and any test others mark slow.
 test-slow: $(VENV)/.built
-	$(PY) -m pytest tests -m slow -q
+	$(PY) -m pytest tests bench -m slow --benchmark-disable -q
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+
+# sdist -> wheel from that sdist (CPU-only build) -> fresh venv -> import vidcore and run an op
+dist-check: $(VENV)/.built
+	$(PY) .ci/check_dist.py build/dist
 
 bench: $(VENV)/.built
 	$(VENV)/bin/vidcore bench --size full

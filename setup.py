@@ -28,7 +28,7 @@ if "CUDA_HOME" not in os.environ and (home := _probe_cuda_home()):
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
 import torch  # noqa: E402
-from setuptools import setup  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 mode = os.environ.get("VIDCORE_BUILD_CUDA", "auto")
@@ -50,18 +50,30 @@ if with_cuda:
     extra["nvcc"] = [*opt, "-lineinfo"]
 Extension = CUDAExtension if with_cuda else CppExtension
 
-Path("vidcore/_build_info.py").write_text(
-    '"""Written by setup.py: how vidcore._C was built."""\n'
-    f"WITH_CUDA = {with_cuda}\n"
-    f"TORCH_VERSION = {torch.__version__!r}\n"
-    f"CUDA_VERSION = {torch.version.cuda if with_cuda else None!r}\n"
-    f"CUDA_ARCH_LIST = {os.environ['TORCH_CUDA_ARCH_LIST'] if with_cuda else None!r}\n"
-)
+
+class BuildExtensionWithInfo(BuildExtension):
+    """Also writes vidcore/_build_info.py (how _C was built) beside the _C it describes (source
+    tree when in place/editable, else the wheel's build tree): an sdist never touches it."""
+
+    def run(self) -> None:
+        super().run()
+        Path(self.build_lib if not self.inplace else ".", "vidcore/_build_info.py").write_text(
+            '"""Written by setup.py: how vidcore._C was built."""\n'
+            f"WITH_CUDA = {with_cuda}\n"
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"CUDA_VERSION = {torch.version.cuda if with_cuda else None!r}\n"
+            f"CUDA_ARCH_LIST = {os.environ['TORCH_CUDA_ARCH_LIST'] if with_cuda else None!r}\n")
+
+
+# vidcore/ as found, plus kernels/ and bench/ mapped into it (package-dir in pyproject.toml)
+packages = [*find_packages(include=["vidcore", "vidcore.*"]),
+            *(f"vidcore.{p}" for p in find_packages(include=["kernels*", "bench*"]))]
 
 setup(
+    packages=packages,
     ext_modules=[Extension("vidcore._C", sources, include_dirs=[str(Path("csrc/include").resolve())],
                            define_macros=macros, extra_compile_args=extra,
                            extra_link_args=["-fopenmp"], py_limited_api=True)],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionWithInfo},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

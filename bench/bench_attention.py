@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from vidcore.bench.harness import BenchCase, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, run_pytest_benchmark, shapes
 
 from vidcore.ops import attention, window_ranges
 
@@ -28,6 +28,9 @@ SHAPES = {
                for d in (0.5, 0.25, 0.125)),
              ("long", 1, 65536, 65536, 16, 128, True, None)],  # peak memory: linear in L
 }
+# `vidcore bench --ops attention --shape Lq=4096,Lk=4096,causal=true` (density=0.25: frame window)
+DIMS = {"name": "custom", "B": 2, "Lq": 256, "Lk": 256, "H": 4, "d": 64, "causal": False,
+        "density": None}
 FRAMES = 64
 
 
@@ -99,10 +102,11 @@ def _peers(q, k, v, causal, mask, dense, device) -> dict[str, Callable[[], objec
     return peers
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+def cases(size: str | dict[str, object], device: str, dtype: torch.dtype | None = None
+          ) -> list[BenchCase]:
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     result = []
-    for name, batch, len_q, len_k, heads, dim, causal, density in SHAPES[size]:
+    for name, batch, len_q, len_k, heads, dim, causal, density in shapes(SHAPES, size, DIMS):
         ranges, tpf = _frame_window(len_q, len_k, density) if density else (None, None)
         pairs = batch * _visible_pairs(len_q, len_k, causal, ranges, tpf)
         shape = {"B": batch, "Lq": len_q, "Lk": len_k, "H": heads, "d": dim, "causal": causal,
@@ -146,9 +150,10 @@ def _case(name, batch, len_q, len_k, heads, dim, causal, ranges, tpf, dtype, dev
     skipped = {"flex_mask_build"} if backward else set()
     skipped |= set() if dense else {"sdpa_flash", "sdpa_cudnn"}  # no arbitrary masks there
     providers = tuple(p for p in (*peer_names, "vidcore") if p not in skipped)
-    return BenchCase("attention_fwd_bwd" if backward else "attention", f"{name}-L{len_q}x{len_k}",
+    return BenchCase("attention", f"{name}-L{len_q}x{len_k}" + "-fwd+bwd" * backward,
                      shape, build, providers, flops=flops, baseline=baseline,
-                     dtype=str(dtype).removeprefix("torch."), kernel_ops=("attention",))
+                     dtype=str(dtype).removeprefix("torch."),
+                     kernel_ops=("attention", "attention_backward") if backward else ("attention",))
 
 
 def _with_backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:

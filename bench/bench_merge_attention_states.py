@@ -3,7 +3,7 @@ and two lse, writes one of each)."""
 from __future__ import annotations
 
 import torch
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore import reference
 from vidcore.ops import merge_attention_states
@@ -15,10 +15,12 @@ SHAPES = {
     "small": [(512, 8, 64), (4096, 16, 128)],
     "full": [(512, 32, 128), (16384, 32, 128), (65536, 8, 128)],
 }
+DIMS = {"rows": 4096, "heads": 16, "head_dim": 128}  # `vidcore bench --shape rows=...`
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+def cases(size: str | dict[str, object], device: str, dtype: torch.dtype | None = None
+          ) -> list[BenchCase]:
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
 
     def make(rows: int, heads: int, dim: int) -> BenchCase:
         def build():
@@ -40,7 +42,7 @@ def cases(size: str, device: str) -> list[BenchCase]:
                          ("reference", "compiled", "vidcore"), bytes=nbytes,
                          dtype=str(dtype).removeprefix("torch."))
 
-    return [make(*shape) for shape in SHAPES[size]]
+    return [make(*shape) for shape in shapes(SHAPES, size, DIMS)]
 
 
 def test_merge_attention_states(benchmark, bench_case, provider, bench_device):

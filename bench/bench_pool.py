@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore.ops import slowfast, st_llm_global_local, video_chatgpt
 
@@ -18,7 +17,8 @@ def slowfast_seed(x: torch.Tensor) -> torch.Tensor:
     """SlowFast-LLaVA (llava_arch.py): 10 uniform frames max-pooled in raster pairs, then every
     frame adaptive-avg-pooled to 4 x 4; slow tokens first."""
     batch, frames, height, width, dim = x.shape
-    idx = torch.from_numpy(np.linspace(0, frames, 11).astype(int)[:-1]).to(x.device)
+    # np.linspace(0, T, 11).astype(int)[:-1] (i * (T / 10), truncated), without numpy
+    idx = torch.tensor([int(i * (frames / 10)) for i in range(10)], device=x.device)
     slow = F.max_pool1d(x[:, idx].reshape(-1, height * width, dim).transpose(1, 2), 2, 2)
     fast = F.adaptive_avg_pool2d(x.reshape(-1, height, width, dim).permute(0, 3, 1, 2), (4, 4))
     return torch.cat([slow.transpose(1, 2).reshape(batch, -1, dim),
@@ -50,11 +50,15 @@ PRESETS: dict[str, tuple[dict[str, list[tuple[int, ...]]], Callable, Callable]] 
 }
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+DIMS = {"B": 1, "T": 64, "H": 24, "W": 24, "D": 1024}  # `vidcore bench --shape T=256` (every preset)
+
+
+def cases(size: str | dict[str, object], device: str, dtype: torch.dtype | None = None
+          ) -> list[BenchCase]:
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     result = []
-    for name, (shapes, seed_fn, vidcore_fn) in PRESETS.items():
-        for shape in shapes[size]:
+    for name, (preset_shapes, seed_fn, vidcore_fn) in PRESETS.items():
+        for shape in shapes(preset_shapes, size, DIMS):
             def build(shape=shape, seed_fn=seed_fn, vidcore_fn=vidcore_fn):
                 x = torch.randn(shape, device=device, dtype=dtype)
                 seed_compiled = compiled(seed_fn)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore.ops import draw_ratios, make_mask, mask_and_pack, pack
 
@@ -19,6 +19,8 @@ SHAPES = {
     "small": [(1, 4, 4, 4, 64), (2, 16, 16, 16, 1024)],
     "full": [(1, 4, 4, 4, 64), (8, 64, 16, 16, 1024), (1, 4096, 8, 8, 1024)],
 }
+DIMS = {"B": 2, "T": 16, "H": 16, "W": 16, "D": 1024}  # `vidcore bench --shape B=8,T=64`
+OPS = ("mask_and_pack", "pack")  # the public ops these cases time (`vidcore bench --ops pack`)
 RATIO = 0.5
 
 
@@ -44,13 +46,14 @@ def seed_way_padded(x: torch.Tensor, ratios: list[float]) -> tuple[torch.Tensor,
     return padded, torch.arange(padded.shape[1], device=x.device)[None] < lengths[:, None]
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
-    dtype = torch.bfloat16
+def cases(size: str | dict[str, object], device: str, dtype: torch.dtype = torch.bfloat16
+          ) -> list[BenchCase]:
+    itemsize = dtype.itemsize
 
     def make(batch: int, frames: int, height: int, width: int, dim: int) -> list[BenchCase]:
         shape = {"B": batch, "T": frames, "H": height, "W": width, "D": dim, "ratio": RATIO}
         kept = batch * (frames * height * width - int(RATIO * frames * height * width + 0.5))
-        nbytes = 2 * kept * dim * 2 + 8 * kept  # read + write kept rows, write keep_idx
+        nbytes = 2 * kept * dim * itemsize + 8 * kept  # read + write kept rows, write keep_idx
         name = f"B{batch}-T{frames}-{height}x{width}-D{dim}"
 
         def build_fused():
@@ -76,13 +79,14 @@ def cases(size: str, device: str) -> list[BenchCase]:
         return [
             BenchCase("mask_and_pack", name, shape, build_fused,
                       ("seed_eager", "seed_padded", "compiled", "reference", "vidcore"),
-                      bytes=nbytes, baseline="seed_eager", dtype="bfloat16",
+                      bytes=nbytes, baseline="seed_eager", dtype=str(dtype).removeprefix("torch."),
                       kernel_ops=("make_mask", "pack")),
             BenchCase("pack", name, shape, build_pack, ("index_select", "vidcore"),
-                      bytes=nbytes - 8 * kept, baseline="index_select", dtype="bfloat16"),
+                      bytes=nbytes - 8 * kept, baseline="index_select",
+                      dtype=str(dtype).removeprefix("torch.")),
         ]
 
-    return [case for shape in SHAPES[size] for case in make(*shape)]
+    return [case for shape in shapes(SHAPES, size, DIMS) for case in make(*shape)]
 
 
 def test_token_mask(benchmark, bench_case, provider, bench_device):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark
+from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore import reference
 from vidcore.ops import unit_keys
@@ -13,9 +13,10 @@ SHAPES = {
     "small": [(8, 64 * 256)],
     "full": [(8, 64 * 256), (1, 8192 * 256)],
 }
+DIMS = {"videos": 8, "units": 64 * 256}  # `vidcore bench --shape videos=1,units=65536`
 
 
-def cases(size: str, device: str) -> list[BenchCase]:
+def cases(size: str | dict[str, object], device: str) -> list[BenchCase]:
     def make(videos: int, units: int) -> BenchCase:
         def build():
             index = torch.arange(videos, device=device)
@@ -30,7 +31,7 @@ def cases(size: str, device: str) -> list[BenchCase]:
                          build, ("reference", "compiled", "vidcore"), bytes=8 * videos * units,
                          dtype="int64")
 
-    return [make(*shape) for shape in SHAPES[size]]
+    return [make(*shape) for shape in shapes(SHAPES, size, DIMS)]
 
 
 def test_unit_keys(benchmark, bench_case, provider, bench_device):

@@ -1,21 +1,27 @@
-"""What a benchmark case is, and how one provider of it is timed.
+"""What a benchmark case is, and how its providers are timed.
 
-A case is one op at one named shape with several providers: callables that do the same work
-the op's way ("vidcore"), the reference's way ("reference", "compiled" = torch.compile of the
-reference) or a peer's way ("seed_eager", "index_select", "sdpa_flash", ...). Speedups are
-against `baseline`, GB/s from `bytes` (logical bytes read + written), TFLOP/s from `flops`.
+A case is one op at one shape with several providers: callables that do the same work the op's
+way ("vidcore"), the reference's way ("reference", "compiled" = torch.compile of the reference)
+or a peer's way ("seed_eager", "index_select", "sdpa_flash", ...). Speedups are against
+`baseline`, GB/s from `bytes` (logical bytes read + written), TFLOP/s from `flops`.
+
+Timing. CPU: perf_counter around each call, providers taking turns call by call. CUDA: CUDA events
+around each call by `triton.testing.do_bench` (L2 flushed before each call), with no host
+synchronisation inside the timed region, so a sample is what the device spent on the call
+(launch gaps included: that is the eager cost a user pays); for fast calls also the per-call time
+of a CUDA-graph replay, where launch overhead is gone.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BenchCase", "time_provider", "time_providers", "peak_memory_mib",
-           "copy_bandwidth_gbps", "synced", "compiled", "run_pytest_benchmark"]
+__all__ = ["BenchCase", "Timing", "shapes", "time_providers", "graph_seconds", "peak_memory_mib",
+           "copy_provider", "copy_bandwidth_gbps", "synced", "compiled", "run_pytest_benchmark"]
 
 
 @dataclass
@@ -23,7 +29,7 @@ class BenchCase:
     """`build()` allocates the inputs and returns {provider name: zero-argument callable}; it is
     called only when the case runs, so listing cases costs no memory."""
 
-    op: str  # e.g. "unit_keys"
+    op: str  # the public op it times, e.g. "pack" (`vidcore bench --ops pack`)
     name: str  # e.g. "B8-U64K"
     shape: dict[str, object]  # recorded in the JSON
     build: Callable[[], dict[str, Callable[[], object]]]
@@ -32,11 +38,35 @@ class BenchCase:
     flops: int = 0  # floating-point operations of one call (attention)
     baseline: str = "reference"
     dtype: str = ""
-    kernel_ops: tuple[str, ...] = ()  # the vidcore ops the "vidcore" provider runs (default: op)
+    kernel_ops: tuple[str, ...] = ()  # the vidcore:: ops "vidcore" must run (default: (op,))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one provider over its repeats."""
+
+    median: float
+    min: float
+    reps: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        return cls(statistics.median(seconds), min(seconds), len(seconds))
+
+
+def shapes(table: Mapping[str, list[tuple]], size: str | Mapping[str, object],
+           dims: Mapping[str, object]) -> list[tuple]:
+    """The shape tuples a bench module times: `table[size]` for a named size, or for the user's
+    own dims (`vidcore bench --shape B=2,T=32`) one tuple of `dims`' defaults overridden by
+    name. `dims` names the tuple's fields in order."""
+    if isinstance(size, str):
+        return list(table[size])
+    return [tuple({**dims, **size}.values())]
 
 
 def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
-    """fn followed by a device synchronise, so that host timers measure the device's work."""
+    """fn followed by a device synchronise, for host timers (pytest-benchmark) only: the runner's
+    CUDA timings use events and must not sync inside the timed region."""
     if device != "cuda":
         return fn
 
@@ -53,44 +83,59 @@ def compiled(fn: Callable[..., object]) -> Callable[..., object]:
     return torch.compile(fn, dynamic=False)
 
 
-def _do_bench_cuda(fn: Callable[[], object]) -> float:
-    """Median seconds per call by triton.testing.do_bench (CUDA events, L2 flushed between
-    runs, after warm-up)."""
+def _cuda_samples(fn: Callable[[], object]) -> list[float]:
+    """Seconds of each timed call: CUDA events around fn() alone (do_bench, after warm-up)."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-
-
-def time_provider(fn: Callable[[], object], device: str, *, min_time_s: float = 0.2,
-                  min_reps: int = 5, max_reps: int = 1000) -> float:
-    """Median seconds per call after warm-up (see time_providers)."""
-    if device == "cuda":
-        return _do_bench_cuda(fn)
-    return time_providers({"fn": fn}, device, min_time_s=min_time_s, min_reps=min_reps,
-                          max_reps=max_reps)["fn"]
+    return [ms / 1e3 for ms in triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="all")]
 
 
 def time_providers(fns: dict[str, Callable[[], object]], device: str, *,
-                   min_time_s: float = 0.2, min_reps: int = 5, max_reps: int = 1000
-                   ) -> dict[str, float]:
-    """Median seconds per call of each provider. On CPU (perf_counter) the providers take turns,
-    one call each per round, so that a machine whose speed drifts (shared VMs vary up to 2x
-    within seconds) slows every provider alike and their ratios hold; on CUDA each is timed by
-    do_bench."""
+                   clock: Callable[[], float] = time.perf_counter, min_time_s: float = 0.2,
+                   min_reps: int = 5, max_reps: int = 1000) -> dict[str, Timing]:
+    """Per-call timing of each provider after a warm-up call. On CPU the providers take turns,
+    one call each per round, so a machine whose speed drifts (shared VMs vary up to 2x within
+    seconds) slows every provider alike and their ratios hold; `clock` is injectable so tests can
+    check the arithmetic with known times. On CUDA each provider is timed by do_bench."""
     if device == "cuda":
-        return {name: _do_bench_cuda(fn) for name, fn in fns.items()}
+        return {name: Timing.of(_cuda_samples(fn)) for name, fn in fns.items()}
     for fn in fns.values():
         fn()  # warm-up: compilation, allocator, caches
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = clock()
     for reps in range(1, max_reps + 1):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
-        if reps >= min_reps and time.perf_counter() - start >= min_time_s * len(fns):
+            samples[name].append(clock() - t0)
+        if reps >= min_reps and clock() - start >= min_time_s * len(fns):
             break
-    return {name: statistics.median(t) for name, t in times.items()}
+    stalled = [name for name, s in samples.items() if max(s) <= 0]
+    if stalled:
+        raise RuntimeError(f"bench: the clock did not advance while {stalled} ran: no timing")
+    return {name: Timing.of(s) for name, s in samples.items()}
+
+
+def graph_seconds(fn: Callable[[], object]) -> tuple[Timing | None, str | None]:
+    """CUDA only: per-call time of fn replayed from a CUDA graph (do_bench_cudagraph), i.e.
+    without launch overhead; (None, why) when fn cannot be captured. A provider that syncs with
+    the host (a data-dependent size, a pageable copy) cannot be captured, so that is checked
+    first, with torch's sync debug mode, instead of letting a capture fail half-way."""
+    import triton.testing
+
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError:
+        return None, "syncs with the host"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    try:
+        ms = triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="all")
+    except RuntimeError as e:
+        torch.cuda.synchronize()
+        return None, f"not capturable: {str(e).splitlines()[0]}"
+    return Timing.of([t / 1e3 for t in ms]), None
 
 
 def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
@@ -106,19 +151,36 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
-    """Measured device-to-device copy bandwidth (read + write bytes per second / 1e9): the
-    ceiling that memory-bound ops are reported against."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+def copy_provider(nbytes: int, device: str) -> Callable[[], object]:
+    """dst.copy_(src) moving `nbytes` in all (nbytes / 2 read, nbytes / 2 written): the ceiling
+    a memory-bound op of that many logical bytes is measured against, at its own size, so that
+    data which fit in a cache are compared with a copy that fits there too."""
+    src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    seconds = time_provider(lambda: dst.copy_(src), device)
-    return 2 * nbytes / seconds / 1e9
+    return lambda: dst.copy_(src)
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
+    """Device copy bandwidth at a size far beyond the caches (read + write bytes per second /
+    1e9), timed the way the providers are."""
+    timing = time_providers({"copy": copy_provider(nbytes, device)}, device)["copy"]
+    return nbytes / timing.median / 1e9
 
 
 def run_pytest_benchmark(benchmark, case: BenchCase, provider: str, device: str) -> None:
-    """One pytest-benchmark row: `benchmark.group` is the case, so rows compare providers."""
-    fn = synced(case.build()[provider], device)
+    """One pytest-benchmark row: `benchmark.group` is the case, so rows compare providers.
+    pytest-benchmark reads a host clock, so CUDA calls end with a sync here; the CUDA-event time
+    is recorded as extra_info["cuda_us"]. The vidcore provider must run its op's kernel (see
+    bench/dispatch.py) before it is timed."""
+    from vidcore.bench.dispatch import check_dispatch
+
+    fn = case.build()[provider]
     benchmark.group = f"{case.op}/{case.name}"
     benchmark.extra_info.update(provider=provider, device=device, dtype=case.dtype,
                                 shape=case.shape, bytes=case.bytes, flops=case.flops)
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+    if provider == "vidcore":
+        dispatch = check_dispatch(case, fn, device)
+        benchmark.extra_info["dispatch"] = [d.as_dict() for d in dispatch]
+    if device == "cuda":
+        benchmark.extra_info["cuda_us"] = Timing.of(_cuda_samples(fn)).median * 1e6
+    benchmark.pedantic(synced(fn, device), rounds=5, warmup_rounds=1, iterations=1)

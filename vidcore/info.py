@@ -2,6 +2,7 @@
 (and, for each that is not, why). Backs `vidcore.info()` and the `vidcore info` command."""
 from __future__ import annotations
 
+import io
 import platform
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -11,7 +12,7 @@ import torch
 from vidcore import _backends
 from vidcore.ops import FAST_KERNELS
 
-__all__ = ["BackendStatus", "backend_status", "info"]
+__all__ = ["BackendStatus", "Info", "backend_status", "info"]
 
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -54,11 +55,42 @@ def backend_status() -> list[BackendStatus]:
     return rows
 
 
-def info() -> dict[str, object]:
-    """Versions, device and backend table of this install, as a JSON-friendly dict."""
+class Info(dict):
+    """The report as a JSON-friendly dict (keys "versions", "device", "extension", "backends")
+    that shows itself as the backend table: `print(vidcore.info())`, or `vidcore.info()` at a
+    prompt, prints the table; `json.dumps(vidcore.info())` and `info["backends"]` read the data."""
+
+    def rich_table(self):
+        """A rich renderable: the versions line, the device, the extension, the backend table."""
+        from rich.console import Group
+        from rich.table import Table
+
+        versions = ", ".join(f"{k} {v}" for k, v in self["versions"].items())
+        table = Table(title="backends", title_justify="left")
+        for column in ("op", "device", "kernel", "live", "why"):
+            table.add_column(column)
+        for row in self["backends"]:
+            table.add_row(row["op"], row["device"], row["kernel"], "yes" if row["live"] else "no",
+                          row["reason"] or "")
+        return Group(f"[bold]vidcore[/bold]  {versions}\ndevice: {self['device']}\n"
+                     f"extension: {self['extension']}", table)
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        out = io.StringIO()
+        Console(file=out, width=120, color_system=None).print(self.rich_table())
+        return out.getvalue().rstrip("\n")
+
+    __repr__ = __str__
+
+
+def info() -> Info:
+    """Versions, device and backend table of this install: a dict (see `Info`) that prints as
+    the table. Printing is left to the caller (`print(vidcore.info())`)."""
     triton = _backends.TRITON
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA device)"
-    return {
+    return Info({
         "versions": {
             "vidcore": version("vidcore"),
             "torch": torch.__version__,
@@ -69,4 +101,4 @@ def info() -> dict[str, object]:
         "device": device,
         "extension": _backends.build_info() or {"missing": _backends.EXTENSION_MISSING},
         "backends": [asdict(row) for row in backend_status()],
-    }
+    })

@@ -1,57 +1,89 @@
 """The `vidcore` command: `vidcore info` (versions, device, live backends and why others are
-not) and `vidcore bench` (time every op against its baselines; JSON + PNG under bench/results)."""
+not) and `vidcore bench` (time every op against its baselines; JSON + PNG under bench/results).
+
+Exit status: 0 on success, 2 for a request that cannot be honoured (printed as one line on
+stderr, no traceback), 141 (128 + SIGPIPE, as other Unix tools) when the reader of stdout went
+away, e.g. `vidcore info --json | head -1`: then it stops quietly.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+__all__ = ["main"]
 
-def _print_info(as_json: bool) -> None:
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _info(args: argparse.Namespace) -> int:
     import vidcore
 
     about = vidcore.info()
-    if as_json:
+    if args.json:
         print(json.dumps(about, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
 
-    console = Console(width=120)
-    versions = ", ".join(f"{k} {v}" for k, v in about["versions"].items())
-    console.print(f"[bold]vidcore[/bold]  {versions}\ndevice: {about['device']}\n"
-                  f"extension: {about['extension']}")
-    table = Table(title="backends", title_justify="left")
-    for column in ("op", "device", "kernel", "live", "why"):
-        table.add_column(column)
-    for row in about["backends"]:
-        table.add_row(row["op"], row["device"], row["kernel"], "yes" if row["live"] else "no",
-                      row["reason"] or "")
-    console.print(table)
+        Console(width=120).print(about.rich_table())
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vidcore", description=__doc__)
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from vidcore.bench.runner import run
+
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()] if args.ops else None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    results = run(ops, args.size, args.device, args.out, plot=not args.no_plot, shape=args.shape,
+                  dtype=dtype)
+    png = f" and {results['png']}" if "png" in results else ""
+    note = f" (no PNG: {results['png_skipped']})" if "png_skipped" in results else ""
+    print(f"copy bandwidth {results['copy_bandwidth_gbps']:.1f} GB/s; wrote {results['json']}"
+          f"{png}{note}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidcore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, device and which backends are live")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(handler=_info)
     bench = sub.add_parser("bench", help="time each op against the reference and its peers")
-    bench.add_argument("--ops", help="comma-separated op names (default: all)")
-    bench.add_argument("--size", default="small", choices=["tiny", "small", "full"])
+    bench.add_argument("--ops", help="comma-separated op names, as vidcore.ops names them "
+                                     "(default: every op with a benchmark)")
+    bench.add_argument("--size", default="small", choices=["tiny", "small", "full"],
+                       help="named shapes (default: small)")
+    bench.add_argument("--shape", help="your own sizes instead of --size, by the op's dimension "
+                                       "names, e.g. B=8,T=64,H=16,W=16,D=1024")
+    bench.add_argument("--dtype", choices=_DTYPES, help="input dtype (default: the op's own)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG")
+    bench.add_argument("--out", default="bench/results",
+                       help="folder for <device>-<date>-<time>.json and .png")
     bench.add_argument("--no-plot", action="store_true")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        _print_info(args.json)
-        return 0
-    from vidcore.bench.runner import run
+    bench.set_defaults(handler=_bench)
+    return parser
 
-    results = run(args.ops.split(",") if args.ops else None, args.size, args.device, args.out,
-                  plot=not args.no_plot)
-    print(f"copy bandwidth {results['copy_bandwidth_gbps']:.1f} GB/s; wrote {results['json']}"
-          + (f" and {results['png']}" if "png" in results else ""))
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from vidcore.bench.runner import BenchError
+
+    try:
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
+    except BenchError as e:
+        print(f"vidcore {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader left: point stdout at /dev/null so the interpreter's final flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
