@@ -130,11 +130,15 @@ def _computed_pairs(groups):
 def test_plan_cost_follows_the_mask():
     # Frame ranges at 1/4 density compute about a quarter of the pairs, in few calls; a causal
     # batch of equal sequences is one batched call; a band costs about its width.
-    length, frames = 512, 64
+    length, frames = 1024, 64
     ranges = window_ranges([i * frames // length for i in range(length)], 7, frames)
     groups = plan([0, length], [0, length], False, length // frames, ranges, -1, -1)
     visible = int((ranges[:, 1] - ranges[:, 0]).sum()) * (length // frames)
-    assert _computed_pairs(groups) == visible and len(groups) <= 15
+    assert visible <= _computed_pairs(groups) <= 1.25 * visible and len(groups) <= 10
+    ranges = window_ranges([i * 16 // length for i in range(length)], 2, 16)  # 64-token frames
+    groups = plan([0, length], [0, length], False, 64, ranges, -1, -1)
+    visible = int((ranges[:, 1] - ranges[:, 0]).sum()) * 64
+    assert _computed_pairs(groups) == visible and len(groups) <= 5
     groups = plan([0, 256, 512, 768], [0, 256, 512, 768], True, 0, None, -1, -1)
     assert [(g.members, g.rows) for g in groups] == [(3, 256)]
     groups = plan([0, 4096], [0, 4096], True, 0, None, 255, -1)
