@@ -22,8 +22,10 @@ def merge_attention_states(
 
     `out = w_a * out_a + w_b * out_b` with `w_x = exp(lse_x - lse)` and
     `lse = logaddexp(lse_a, lse_b)`, computed in fp32. Rows that saw no keys have lse = -inf;
-    if both sides saw none the result is out = 0, lse = -inf (never NaN). Differentiable in all
-    four inputs.
+    if both sides saw none the result is out = 0, lse = -inf (never NaN). An lse of +inf (an
+    overflowed partial state) has no meaningful merge: it is rejected where lse is on the CPU
+    (the check reads it); on a GPU, where reading it would cost a host sync, such rows come out
+    NaN. Differentiable in all four inputs.
 
     Args:
         out_a, out_b: [N, H, d] (packed rows, e.g. `total_q`) or [B, N, H, d]; fp16, bf16, fp32
@@ -36,8 +38,10 @@ def merge_attention_states(
     """
     _check_args(out_a, lse_a, out_b, lse_b)
     check_backend(_OP, backend)
-    fn = reference.merge_attention_states if backend == "torch" else _merge_attention_states
-    return fn(out_a, lse_a, out_b, lse_b)
+    if backend == "torch":
+        _check_lse_values(lse_a, lse_b)
+        return reference.merge_attention_states(out_a, lse_a, out_b, lse_b)
+    return _merge_attention_states(out_a, lse_a, out_b, lse_b)
 
 
 def _check_args(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> None:
@@ -52,10 +56,22 @@ def _check_args(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> N
                              f"([..., H, N] for out [..., N, H, d]), got {tuple(lse.shape)}")
 
 
+def _check_lse_values(lse_a: Tensor, lse_b: Tensor) -> None:
+    """No +inf in lse (read only on the CPU: elsewhere it would be a host sync)."""
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if lse.device.type == "cpu" and bool(torch.isposinf(lse).any()):
+            raise ValueError(f"{_OP}: {name} has +inf entries (an overflowed partial state); "
+                             f"lse must be finite, or -inf for rows that saw no keys")
+
+
 @torch.library.custom_op("vidcore::merge_attention_states", mutates_args=())
 def _merge_attention_states(
     out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
 ) -> tuple[Tensor, Tensor]:
+    # The CPU path (and any device without a kernel): checked here too, so that direct op
+    # calls and compiled graphs, which skip the public function's checks, cannot misuse it.
+    _check_args(out_a, lse_a, out_b, lse_b)
+    _check_lse_values(lse_a, lse_b)
     return reference.merge_attention_states(out_a, lse_a, out_b, lse_b)
 
 
@@ -70,11 +86,21 @@ def _(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tenso
 def _merge_attention_states_backward(
     grad_out: Tensor, grad_lse: Tensor, out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
     return reference.merge_attention_states_backward(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
+
+
+def _check_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b) -> None:
+    _check_args(out_a, lse_a, out_b, lse_b)
+    check_tensor(_OP, "grad_out", grad_out, dtypes=(out_a.dtype,), device=out_a.device)
+    check_same_shape(_OP, "grad_out", grad_out, "out_a", out_a)
+    check_tensor(_OP, "grad_lse", grad_lse, dtypes=_LSE_DTYPES, device=out_a.device)
+    check_same_shape(_OP, "grad_lse", grad_lse, "lse_a", lse_a)
 
 
 @_merge_attention_states_backward.register_fake
 def _(grad_out, grad_lse, out_a, lse_a, out_b, lse_b):
+    _check_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
     return (torch.empty_like(out_a), torch.empty_like(lse_a),
             torch.empty_like(out_b), torch.empty_like(lse_b))
 
