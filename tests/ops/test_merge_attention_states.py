@@ -10,6 +10,10 @@ from vidcore.kernels.merge_attention_states import (
     merge_attention_states_bwd,
     merge_attention_states_fwd,
 )
+from vidcore.kernels.merge_attention_states_cpu import (
+    merge_attention_states_cpu_bwd,
+    merge_attention_states_cpu_fwd,
+)
 
 from vidcore import reference
 from vidcore.ops import merge_attention_states
@@ -81,6 +85,20 @@ def test_backward_kernel_matches_reference(shape, empty_rows, dtype, triton_devi
     grads = merge_attention_states_bwd(grad_out, grad_lse, *states)
     expected = reference.merge_attention_states_backward(grad_out, grad_lse, *states)
     assert_close(grads, expected, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, empty_rows", CASES)
+def test_cpu_kernel_matches_reference(shape, empty_rows, dtype):
+    states = random_states(shape, dtype, "cpu", empty_rows)
+    if dtype == torch.float64:
+        states = tuple(t.double() for t in states)
+    out, lse = merge_attention_states_cpu_fwd(*states)
+    assert_close((out, lse), reference.merge_attention_states(*states), dtype=dtype)
+    grad_out, grad_lse = torch.randn(shape).to(out.dtype), torch.randn(lse.shape).to(lse.dtype)
+    assert_close(merge_attention_states_cpu_bwd(grad_out, grad_lse, *states),
+                 reference.merge_attention_states_backward(grad_out, grad_lse, *states),
+                 dtype=dtype)
 
 
 def test_backward_reference_matches_autograd():
