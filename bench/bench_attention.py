@@ -166,8 +166,12 @@ def _case(name, batch, heads, dim, mask: _Mask, dtype, device, backward, shape, 
     len_q, len_k = mask.len_q, mask.len_k
 
     def build():
-        q = torch.randn(batch, len_q, heads, dim, device=device, dtype=dtype)
-        k, v = (torch.randn(batch, len_k, heads, dim, device=device, dtype=dtype) for _ in "kv")
+        # requires_grad before any view is taken: a view taken earlier is cut off from q, and
+        # autograd then skips the peer's backward altogether
+        q = torch.randn(batch, len_q, heads, dim, device=device, dtype=dtype,
+                        requires_grad=backward)
+        k, v = (torch.randn(batch, len_k, heads, dim, device=device, dtype=dtype,
+                            requires_grad=backward) for _ in "kv")
         fns = _peers(q, k, v, mask, device, backward)
         cu_q = torch.arange(batch + 1, dtype=torch.int32, device=device) * len_q
         cu_k = torch.arange(batch + 1, dtype=torch.int32, device=device) * len_k
@@ -182,8 +186,6 @@ def _case(name, batch, heads, dim, mask: _Mask, dtype, device, backward, shape, 
             fns["vidcore_dense"] = lambda: attention(*packed, **common)
         fns["vidcore"] = lambda: attention(*packed, **common, **extra)
         if backward:
-            for t in (q, k, v, *packed):
-                t.requires_grad_()
             fns = {p: _with_backward(fn) for p, fn in fns.items() if p != "flex_mask_build"}
         return fns
 
@@ -217,6 +219,8 @@ def _providers(mask: _Mask, device: str, backward: bool) -> tuple[str, ...]:
 def _with_backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     def run() -> None:
         out = fn()
+        if out.grad_fn is None:
+            raise RuntimeError("attention bench: a fwd+bwd provider's output has no grad_fn")
         out.backward(torch.ones_like(out))
     return run
 
