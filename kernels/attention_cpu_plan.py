@@ -8,12 +8,15 @@ move from row to row:
   diagonal  lo constant, hi + 1 per row (causal, bottom-right for any Lq, Lk): a top-left
             causal part on the R keys ending at the last row's bound, plus a dense part on the
             keys before them (merged by lse);
-  band      lo + 1, hi + 1 (sliding windows), or irregular: blocks of at most MASK_ROWS rows,
-            one part each on the block's key span with an additive 0 / -inf mask.
-Queries that see no key are in no run. Consecutive pieces of the same shape whose rows and keys
-advance by constant strides (the sequences of an equal-length batch, the frames of a sliding
-frame window, the blocks of a band) become one `Group`: one batched call per part, on strided
-views of the packed tensors (no copies).
+  band      lo + 1, hi + 1 (sliding windows), or irregular: blocks of rows, one part each on
+            the block's key span with an additive 0 / -inf mask.
+Adjacent runs shorter than SHORT_RUN rows are computed as masked blocks too, unless that would
+more than double the pairs computed. A masked block has about a quarter as many rows as its
+rows see keys (32 to 128): the keys computed in vain stay a small share, and the key-gradient
+buffers of overlapping blocks (one per block) stay few. Queries that see no key are in no run.
+Consecutive pieces of the same shape whose rows and keys advance by constant strides (the
+sequences of an equal-length batch, the frames of a sliding frame window, the blocks of a band)
+become one `Group`: one batched call per part, on strided views of the packed tensors.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from vidcore import reference
 
 __all__ = ["Group", "Part", "plan"]
 
-MASK_ROWS = 64  # query rows per masked block: mask and wasted keys stay O(64 x span)
+SHORT_RUN = 64  # runs of fewer rows join their neighbours in masked blocks
 _SAME, _DIAGONAL, _BAND, _OTHER = range(4)
 
 
@@ -123,6 +126,48 @@ def _diagonal(first_lo: int, first_hi: int, rows: int) -> list[Part]:
     return [*prefix, Part(start, rows, causal=True)]
 
 
+def _masked(lo: Tensor, hi: Tensor, r0: int, r1: int) -> Part:
+    k0, k1 = int(lo[r0:r1].min()), int(hi[r0:r1].max())
+    return Part(k0, k1 - k0, bounds=(lo[r0:r1] - k0, hi[r0:r1] - k0))
+
+
+def _block_rows(lo: Tensor, hi: Tensor, r0: int, r1: int) -> int:
+    """Rows per masked block: a power of two near a quarter of the rows' mean key count."""
+    width = float((hi[r0:r1] - lo[r0:r1]).float().mean())
+    return min(128, max(32, 1 << round(math.log2(max(width / 4, 1)))))
+
+
+def _run_pieces(lo: Tensor, hi: Tensor, r0: int, r1: int, kind: int):
+    """(r0, r1, parts) computing rows r0:r1 of one run exactly."""
+    first_lo, first_hi = int(lo[r0]), int(hi[r0])
+    if kind == _SAME:
+        yield r0, r1, [Part(first_lo, first_hi - first_lo)]
+    elif kind == _DIAGONAL:
+        yield r0, r1, _diagonal(first_lo, first_hi, r1 - r0)
+    else:
+        rows = _block_rows(lo, hi, r0, r1)
+        for b0 in range(r0, r1, rows):
+            yield b0, min(b0 + rows, r1), [_masked(lo, hi, b0, min(b0 + rows, r1))]
+
+
+def _stretch_pieces(lo: Tensor, hi: Tensor, runs: list[tuple[int, int, int]]):
+    """Adjacent short runs (a frame's queries, a staircase at a video's edge) as masked blocks:
+    few calls. A block that would compute more than twice the pairs its rows see falls back to
+    its runs' own pieces."""
+    if not runs:
+        return
+    rows = _block_rows(lo, hi, runs[0][0], runs[-1][1])
+    for b0 in range(runs[0][0], runs[-1][1], rows):
+        b1 = min(b0 + rows, runs[-1][1])
+        part = _masked(lo, hi, b0, b1)
+        if 2 * int((hi[b0:b1] - lo[b0:b1]).sum()) >= (b1 - b0) * part.n:
+            yield b0, b1, [part]
+            continue
+        for r0, r1, kind in runs:
+            if r0 < b1 and r1 > b0:
+                yield from _run_pieces(lo, hi, max(r0, b0), min(r1, b1), kind)
+
+
 def _sequence(len_q: int, len_k: int, causal: bool, tokens_per_frame: int,
               frame_range: Tensor | None, window_left: int, window_right: int):
     """(r0, r1, parts) of one sequence (positions within it)."""
@@ -137,17 +182,16 @@ def _sequence(len_q: int, len_k: int, causal: bool, tokens_per_frame: int,
         return
     lo, hi = reference.key_intervals(len_q, len_k, torch.arange(len_q), causal, tokens_per_frame,
                                      frame_range, window_left, window_right)
-    bounds = torch.stack([lo, hi]).tolist()
-    for r0, r1, kind in _runs(lo, hi):
-        if kind == _SAME:
-            yield r0, r1, [Part(bounds[0][r0], bounds[1][r0] - bounds[0][r0])]
-        elif kind == _DIAGONAL:
-            yield r0, r1, _diagonal(bounds[0][r0], bounds[1][r0], r1 - r0)
-        else:
-            for b0 in range(r0, r1, MASK_ROWS):
-                b1 = min(b0 + MASK_ROWS, r1)
-                k0, k1 = int(lo[b0:b1].min()), int(hi[b0:b1].max())
-                yield b0, b1, [Part(k0, k1 - k0, bounds=(lo[b0:b1] - k0, hi[b0:b1] - k0))]
+    stretch: list[tuple[int, int, int]] = []  # adjacent runs too short to compute alone
+    for run in [*_runs(lo, hi), None]:
+        if run is not None and run[1] - run[0] < SHORT_RUN and (
+                not stretch or stretch[-1][1] == run[0]):
+            stretch.append(run)
+            continue
+        yield from _stretch_pieces(lo, hi, stretch)
+        stretch = [run] if run is not None and run[1] - run[0] < SHORT_RUN else []
+        if run is not None and not stretch:
+            yield from _run_pieces(lo, hi, *run)
 
 
 def plan(cu_q: list[int], cu_k: list[int], causal: bool, tokens_per_frame: int,
