@@ -6,8 +6,10 @@ import itertools
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vidcore.ops import attention, merge_attention_states
 from vidcore.testing import assert_close, attention_oracle, random_attention_case
@@ -209,3 +211,21 @@ def test_stage_ranges_drive_attention():
     first = attention(q[None, :2], k[None, :6], v[None, :6])[0]
     second = attention(q[None, 2:], k[None, 6:], v[None, 6:])[0]
     assert_close(out, torch.cat([first, second]))
+
+
+def test_batched_attention_makes_no_host_tensors():
+    # A CUDA graph cannot capture a host-to-device copy: batched offsets are built on the
+    # device. On the meta device every tensor the call makes shows where it was made.
+    seen = []
+
+    class HostTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            leaves = pytree.tree_leaves((args, kwargs, out))
+            seen.extend(func for t in leaves if torch.is_tensor(t) and t.device.type != "meta")
+            return out
+
+    q, k, v = (torch.randn(2, 7, 4, 16, device="meta") for _ in range(3))
+    with HostTensors():
+        out = attention(q, k, v, causal=True, window=(3, 0))
+    assert out.shape == q.shape and not seen

@@ -1,6 +1,7 @@
-"""Checks of the `torch.ops.vidcore.attention*` arguments, shared by the public function, the
-fake implementations and the CPU kernel: direct op calls (compiled graphs, other frontends)
-must raise on what the kernels cannot honour, never read out of bounds or return garbage.
+"""Checks of the `torch.ops.vidcore.attention*` and `merge_attention_states*` arguments, shared
+by the public functions, the fake implementations and the CPU kernels: direct op calls
+(compiled graphs, other frontends) must raise on what the kernels cannot honour, never read out
+of bounds or return garbage.
 
 `check_op_args` reads no tensor data (it runs in fakes and on any device); `check_offsets`
 reads host offsets and runs wherever they are on the CPU (the public function in eager mode, and
@@ -13,6 +14,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from vidcore.ops._validation import check_same_shape, check_tensor
 
 OP = "attention"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,3 +116,36 @@ def normalise_mask_args(tokens_per_frame: int, window_left: int, window_right: i
     return (min(tokens_per_frame, max(total_k, 1)),
             -1 if window_left >= total_k else window_left,
             -1 if window_right >= total_q else window_right)
+
+
+# merge_attention_states: the public function, its fakes and its CPU kernel check the same.
+_MERGE = "merge_attention_states"
+_LSE_DTYPES = (torch.float32, torch.float64)
+
+
+def check_merge_args(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> None:
+    check_tensor(_MERGE, "out_a", out_a, dims=(3, 4), dtypes=DTYPES)
+    check_tensor(_MERGE, "out_b", out_b, dtypes=(out_a.dtype,), device=out_a.device)
+    check_same_shape(_MERGE, "out_b", out_b, "out_a", out_a)
+    *batch, num_rows, heads, _ = out_a.shape
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        check_tensor(_MERGE, name, lse, dtypes=_LSE_DTYPES, device=out_a.device)
+        if tuple(lse.shape) != (*batch, heads, num_rows):
+            raise ValueError(f"{_MERGE}: {name} must have shape {(*batch, heads, num_rows)} "
+                             f"([..., H, N] for out [..., N, H, d]), got {tuple(lse.shape)}")
+
+
+def check_merge_lse_values(lse_a: Tensor, lse_b: Tensor) -> None:
+    """No +inf in lse (read only on the CPU: elsewhere it would be a host sync)."""
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if lse.device.type == "cpu" and bool(torch.isposinf(lse).any()):
+            raise ValueError(f"{_MERGE}: {name} has +inf entries (an overflowed partial state); "
+                             f"lse must be finite, or -inf for rows that saw no keys")
+
+
+def check_merge_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b) -> None:
+    check_merge_args(out_a, lse_a, out_b, lse_b)
+    check_tensor(_MERGE, "grad_out", grad_out, dtypes=(out_a.dtype,), device=out_a.device)
+    check_same_shape(_MERGE, "grad_out", grad_out, "out_a", out_a)
+    check_tensor(_MERGE, "grad_lse", grad_lse, dtypes=_LSE_DTYPES, device=out_a.device)
+    check_same_shape(_MERGE, "grad_lse", grad_lse, "lse_a", lse_a)

@@ -96,24 +96,29 @@ def _chunk_probs(q: Tensor, keys: Tensor, chunk: _Chunk, scale: float, softcap: 
                  ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Softmax probabilities [Hk, group * rows, span] of the chunk's query rows (0 where masked;
     rows grouped as in _by_kv_head), their lse [Hq, rows] (-inf for rows that see no key) and,
-    with a softcap, tanh(s / softcap) (for the backward). keys: [Hk, span, d]. Out of place, so
-    autograd can run through it (backend="torch")."""
+    with a softcap, tanh(s / softcap) (for the backward). keys: [Hk, span, d]. In place on the
+    [.., span] block unless autograd records (backend="torch" differentiated)."""
     heads_kv, heads_q = keys.shape[0], q.shape[1]
+    records = torch.is_grad_enabled() and (q.requires_grad or keys.requires_grad)
     scores = torch.bmm(_by_kv_head(q[chunk.rows], heads_kv, keys.dtype), keys.transpose(1, 2))
-    scores = scores * scale
+    scores = scores * scale if records else scores.mul_(scale)
     capped = None
     if softcap > 0:
         capped = torch.tanh(scores / softcap)
         scores = capped * softcap
-    visible = chunk.visible.to(q.device).repeat(heads_q // heads_kv, 1)
-    scores = scores.masked_fill(~visible, -math.inf)
+    if not chunk.visible.all():
+        hidden = ~chunk.visible.to(q.device).repeat(heads_q // heads_kv, 1)
+        scores = scores.masked_fill(hidden, -math.inf) if records else scores.masked_fill_(
+            hidden, -math.inf)
+    # One pass each: max, exp(s - max), sum, normalise (the [.., span] block dominates).
     row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(torch.isneginf(row_max), 0.0, row_max)  # rows that see none
-    probs = torch.exp(scores - row_max)  # masked keys: exp(-inf) = 0
+    row_max = torch.where(torch.isneginf(row_max), 0.0, row_max)  # rows that see no key
+    probs = torch.exp(scores - row_max) if records else scores.sub_(row_max).exp_()  # masked: 0
     row_sum = probs.sum(-1, keepdim=True)
     seen = row_sum > 0
-    probs = probs / torch.where(seen, row_sum, 1.0)
-    row_lse = torch.where(seen, row_max + torch.where(seen, row_sum, 1.0).log(), -math.inf)
+    row_sum = torch.where(seen, row_sum, 1.0)
+    probs = probs / row_sum if records else probs.div_(row_sum)
+    row_lse = torch.where(seen, row_max + row_sum.log(), -math.inf)
     return probs, row_lse.view(heads_q, -1), capped
 
 
