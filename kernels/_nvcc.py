@@ -61,12 +61,15 @@ def _demangle(names: list[str]) -> list[str]:
     return out if len(out) == len(names) else names
 
 
-def cuda_kernels(source: Path, arch: str, include: Path, nvcc: str = "nvcc") -> list[CudaKernel]:
-    """Every kernel of `source` compiled for `arch` (e.g. "sm_90")."""
+def cuda_kernels(source: Path, arch: str, include: Path, nvcc: str = "nvcc",
+                 defines: tuple[str, ...] = ()) -> list[CudaKernel]:
+    """Every kernel of `source` compiled for `arch` (e.g. "sm_90"), with `-D` for each of
+    `defines` (e.g. "VIDCORE_NO_KERNEL_ASSERT")."""
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [nvcc, "-c", "-O3", "-std=c++17", f"-arch={arch}", "-Xptxas", "-v", "-keep",
-             "-keep-dir", tmp, f"-I{include}", str(source), "-o", str(Path(tmp) / "k.o")],
+             "-keep-dir", tmp, f"-I{include}", *(f"-D{d}" for d in defines), str(source),
+             "-o", str(Path(tmp) / "k.o")],
             capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"nvcc failed on {source.name} for {arch}:\n{result.stderr}")
