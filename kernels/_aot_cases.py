@@ -17,10 +17,16 @@ from dataclasses import dataclass
 import torch
 from vidcore.kernels.attention import attention_fwd
 from vidcore.kernels.attention_backward import attention_bwd
+from vidcore.kernels.cosine_consistency_loss import (
+    cosine_consistency_loss_bwd,
+    cosine_consistency_loss_fwd,
+)
 from vidcore.kernels.merge_attention_states import (
     merge_attention_states_bwd,
     merge_attention_states_fwd,
 )
+from vidcore.kernels.multi_source_attention import multi_source_attention_fwd
+from vidcore.kernels.multi_source_attention_backward import multi_source_attention_bwd
 
 __all__ = ["DTYPES", "HEAD_DIMS", "LAUNCHERS", "MASKS", "AotCase", "select_cases"]
 
@@ -97,12 +103,44 @@ def _merge_bwd(head_dim: int, dtype: str, mask: str) -> None:
                                out_b, lse_b)
 
 
+def _sources_args(head_dim: int, dtype: str) -> tuple:
+    """ActionLLM's three modalities of different lengths, [B, H, S_m, d] each."""
+    t = _TORCH_DTYPES[dtype]
+    groups = [[torch.randn(2, 4, n, head_dim, dtype=t) for n in (20, 48, 6)] for _ in range(3)]
+    return (*groups, 1 / math.sqrt(head_dim))
+
+
+def _sources_fwd(head_dim: int, dtype: str, mask: str) -> None:
+    multi_source_attention_fwd(*_sources_args(head_dim, dtype))
+
+
+def _sources_bwd(head_dim: int, dtype: str, mask: str) -> None:
+    queries, keys, values, scale = _sources_args(head_dim, dtype)
+    outs, lse, partials = multi_source_attention_fwd(queries, keys, values, scale)
+    multi_source_attention_bwd([torch.randn_like(o) for o in outs], queries, keys, values, lse,
+                               partials, scale)
+
+
+def _cosine_args(dim: int, dtype: str) -> tuple:
+    t = _TORCH_DTYPES[dtype]
+    return torch.randn(300, dim, dtype=t), torch.randn(300, dim, dtype=t)
+
+
+def _cosine_fwd(dim: int, dtype: str, mask: str) -> None:
+    cosine_consistency_loss_fwd(*_cosine_args(dim, dtype))
+
+
+def _cosine_bwd(dim: int, dtype: str, mask: str) -> None:
+    cosine_consistency_loss_bwd(torch.ones(()), *_cosine_args(dim, dtype))
+
+
 @dataclass(frozen=True)
 class Launcher:
     name: str
     call: Callable[[int, str, str], None]  # (head_dim, dtype, mask) -> runs the launcher
     masks: tuple[str, ...] = MASKS
     dtypes: tuple[str, ...] = DTYPES
+    head_dims: tuple[int, ...] = HEAD_DIMS
 
 
 LAUNCHERS = [
@@ -111,6 +149,18 @@ LAUNCHERS = [
     Launcher("attention_bwd", _attention_bwd),
     Launcher("merge_attention_states_fwd", _merge_fwd, masks=("dense",)),
     Launcher("merge_attention_states_bwd", _merge_bwd, masks=("dense",)),
+    # ActionLLM's head dim is 4 (padded to 16 in registers); the others as for attention. Exact
+    # float32 (FMA products) is left out: it spills 8-16 bytes at head dims 64 and 128 with
+    # every tile tried (README, GPU kernels), a known cost of that path, not a pruned config.
+    Launcher("multi_source_attention_fwd", _sources_fwd, masks=("dense",),
+             dtypes=("fp16", "bf16", "tf32"), head_dims=(4, *HEAD_DIMS)),
+    Launcher("multi_source_attention_bwd", _sources_bwd, masks=("dense",),
+             dtypes=("fp16", "bf16", "tf32"), head_dims=(4, *HEAD_DIMS)),
+    # rows of ST-LLM's MVM features: the head dim axis is the feature size here
+    Launcher("cosine_consistency_loss_fwd", _cosine_fwd, masks=("dense",),
+             dtypes=("fp16", "bf16", "fp32"), head_dims=(64, 1024, 4096)),
+    Launcher("cosine_consistency_loss_bwd", _cosine_bwd, masks=("dense",),
+             dtypes=("fp16", "bf16", "fp32"), head_dims=(64, 1024, 4096)),
 ]
 
 # What `make test` compiles: each kernel at least once, the head dims and tiles that decide
@@ -122,6 +172,10 @@ _CI = {
     "attention_bwd": [(128, "bf16", "all"), (256, "fp16", "causal")],
     "merge_attention_states_fwd": [(128, "fp16", "dense")],
     "merge_attention_states_bwd": [(128, "bf16", "dense")],
+    "multi_source_attention_fwd": [(4, "bf16", "dense"), (128, "fp16", "dense")],
+    "multi_source_attention_bwd": [(4, "fp16", "dense"), (128, "bf16", "dense")],
+    "cosine_consistency_loss_fwd": [(4096, "bf16", "dense")],
+    "cosine_consistency_loss_bwd": [(4096, "fp32", "dense")],
 }
 
 
@@ -137,8 +191,9 @@ def _full(launcher: Launcher) -> list[tuple[int, str, str]]:
     and every head dim with each other mask kind in bf16 (masks cost the same in any dtype)."""
     extremes = [m for m in launcher.masks if m in ("dense", "all")]
     others = [m for m in launcher.masks if m not in extremes]
-    return ([(d, t, m) for d in HEAD_DIMS for t in launcher.dtypes for m in extremes]
-            + [(d, "bf16", m) for d in HEAD_DIMS for m in others])
+    dims = launcher.head_dims
+    return ([(d, t, m) for d in dims for t in launcher.dtypes for m in extremes]
+            + [(d, "bf16", m) for d in dims for m in others])
 
 
 def select_cases(matrix: str = "ci", match: str = "") -> list[AotCase]:
