@@ -53,7 +53,9 @@ class _VidcoreOps(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.namespace == "vidcore":
             op = func._schema.name.split("::", 1)[1]
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            flat = [x for a in (*args, *kwargs.values())
+                    for x in (a if isinstance(a, (list, tuple)) else (a,))]  # Tensor[] arguments
+            tensors = [a for a in flat if isinstance(a, torch.Tensor)]
             key = _KEY.get(tensors[0].device.type, tensors[0].device.type) if tensors else "none"
             entry = Dispatch(op, key, _kernel(op, key))
             if entry not in self.seen:

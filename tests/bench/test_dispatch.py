@@ -33,6 +33,12 @@ def test_trace_names_the_op_the_dispatch_key_and_the_kernel(tokens):
     assert [d.op for d in trace_dispatch(lambda: pack(xg, mask).sum().backward())] == ["pack", "unpack"]
 
 
+def test_ops_whose_tensors_come_in_lists_are_keyed_by_their_device():
+    q = [torch.randn(1, 2, n, 4) for n in (3, 5)]
+    traced = trace_dispatch(lambda: vidcore.ops.multi_source_attention(q, q, q))
+    assert [(d.op, d.key) for d in traced] == [("multi_source_attention", "CPU")]
+
+
 def test_a_provider_that_runs_the_reference_is_rejected(tokens):
     x, mask = tokens
     case = _case("pack", lambda: pack(x, mask, backend="torch"))
