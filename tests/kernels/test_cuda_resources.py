@@ -16,9 +16,10 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not i
 # kernel is fixed. Both are small spills (4-20 B, no local arrays): with only .maxntid, ptxas
 # caps registers at an occupancy step (32 / 40 / 80) and spills one live value (token_mask's
 # make_mask_kernel: the high word of the video's token count, across the radix select;
-# pool_backward: a sign-extended lane in pool_pick_kernel<bf16/half, 8>, a few 64-bit indices in
-# pool_gather_kernel<float, 1>). `__launch_bounds__(N, 1)` removes them at 46-93 registers, at
-# the cost of occupancy that needs a GPU to weigh.
+# pool_backward: a sign-extended lane in pool_pick_kernel<bf16/half, 8>; tid, its sign
+# extension and warps - 1 in pool_gather_kernel<float, 1>). For make_mask_kernel,
+# `__launch_bounds__(512, 1)` removes them at 46-93 registers, at a cost in occupancy that
+# needs a GPU to weigh.
 FRAMED = {("pool_backward.cu", "sm_80"), ("token_mask.cu", "sm_80"), ("token_mask.cu", "sm_90")}
 
 
