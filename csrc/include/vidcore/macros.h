@@ -7,6 +7,14 @@
 #define VIDCORE_HD inline
 #endif
 
+// VIDCORE_UNROLL before a loop with compile-time bounds: nvcc unrolls it fully (so per-thread
+// arrays it indexes stay in registers); g++ leaves it to its own judgement.
+#if defined(__CUDACC__)
+#define VIDCORE_UNROLL _Pragma("unroll")
+#else
+#define VIDCORE_UNROLL
+#endif
+
 // VIDCORE_KERNEL_ASSERT(cond): a device-side assert that stays on under NDEBUG, like ATen's
 // CUDA_KERNEL_ASSERT (the .cu files are torch-free, so they cannot include c10). A failed assert
 // stops the kernel and surfaces as cudaErrorAssert at the next synchronising call; no host sync.
