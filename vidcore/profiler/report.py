@@ -23,7 +23,9 @@ LEGEND = (
     "(CPU: resident set high-water mark; CUDA: torch's allocator); OOM: out of memory under "
     "the cap.\n"
     "tokens: in>out of the stage (attention: keys>queries). max diff: largest difference "
-    "between the two paths' outputs (data movement: 0)."
+    "between the two paths' outputs (data movement: 0).\n"
+    "sweep: stream MiB = peak of the streamed decode + vision + pool pass; tokens MiB = what "
+    "every vision token of the video would take if held at once (it never is)."
 )
 
 
@@ -79,17 +81,20 @@ def sweep_table(results: dict) -> Table:
     memory of each path, and which stages ran out of memory."""
     table = Table(title=f"sweep: {results['source']['name']}, preset {results['settings']['preset']}"
                         f", {results['device']}", title_justify="left")
-    for column in ("frames", "pooled", "kept", "vidcore ms", "reference ms", "speedup",
-                   "vidcore MiB", "reference MiB", "out of memory"):
+    for column in ("frames", "pooled", "kept", "vidcore ms", "ref ms", "speedup", "vidcore MiB",
+                   "ref MiB", "stream MiB", "tokens MiB", "out of memory"):
         table.add_column(column, justify="right" if column != "out of memory" else "left")
     for point in results["points"]:
         total, peak, oom = point["total_ms"], point["peak_mib"], point["out_of_memory"]
+        memory = point["memory"]
         speedup = (f"{total['reference'] / total['vidcore']:.2f}x"
                    if total["vidcore"] and total["reference"] else "-")
         table.add_row(f"{point['frames']:,}", f"{point['tokens'].get('pooled', 0):,}",
                       f"{point['tokens'].get('kept', point['tokens'].get('pooled', 0)):,}",
                       _total(total["vidcore"]), _total(total["reference"]), speedup,
                       _mib({"peak_mib": peak["vidcore"]}), _mib({"peak_mib": peak["reference"]}),
+                      _mib({"peak_mib": memory["streamed_pass_mib"]}),
+                      f"{memory['all_vision_tokens_mib']:,.0f}",
                       "; ".join(f"{p}: {', '.join(s)}" for p, s in oom.items() if s) or "none")
     return table
 
@@ -135,6 +140,15 @@ def plot_sweep(results: dict, png: str | Path) -> Path | None:
             if failed:
                 ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", markersize=10,
                         clip_on=False, label=f"{provider} out of memory")
+        if key == "peak_mib":
+            streamed = [(p["frames"], p["memory"]["streamed_pass_mib"]) for p in points
+                        if p["memory"]["streamed_pass_mib"]]
+            if streamed:
+                ax.plot(*zip(*streamed, strict=True), "^-", color="grey",
+                        label="decode + vision + pool pass")
+            ax.plot([p["frames"] for p in points],
+                    [p["memory"]["all_vision_tokens_mib"] for p in points], ":", color="black",
+                    label="all vision tokens (never held)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("frames")

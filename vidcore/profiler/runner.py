@@ -142,17 +142,20 @@ def _build(cfg: ProfileConfig, device: str, dtype: torch.dtype):
 
 
 def _summarise(frames: int, result: dict) -> dict:
-    """Whole-pipeline time and peak memory of each path (shared stages count for both), and the
-    stages that ran out of memory."""
+    """Whole-pipeline time and peak memory of each path (shared stages count for both), the
+    stages that ran out of memory, and the streamed pass's peak next to the size of every
+    vision token (which it never holds at once)."""
     by_stage = report.provider_rows(result["rows"])
-    point = {"frames": frames, "tokens": result["tokens"], "total_ms": {}, "peak_mib": {},
-             "out_of_memory": {}}
+    point = {"frames": frames, "tokens": result["tokens"], "memory": result["memory"],
+             "total_ms": {}, "peak_mib": {}, "out_of_memory": {}}
     for provider in report.PROVIDERS:
         rows = [by.get(provider, by.get(report.SHARED)) for by in by_stage.values()]
         rows = [r for r in rows if r is not None]
         failed = [r["stage"] for r in rows if r["status"] != "ok"]
         point["out_of_memory"][provider] = failed
-        point["total_ms"][provider] = None if failed else sum(r["ms"] for r in rows)
+        # after vidcore fails the stages that follow are skipped, so no path has a total
+        incomplete = failed or point["out_of_memory"].get("vidcore")
+        point["total_ms"][provider] = None if incomplete else sum(r["ms"] for r in rows)
         peaks = [r["peak_mib"] for r in rows if r["peak_mib"] is not None]
         point["peak_mib"][provider] = max(peaks) if peaks and not failed else None
     return point
