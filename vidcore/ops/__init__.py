@@ -13,6 +13,7 @@ from vidcore.ops.interleave_pack import (
 from vidcore.ops.merge_attention_states import merge_attention_states
 from vidcore.ops.multi_source_attention import multi_source_attention
 from vidcore.ops.pool import PooledTokens, merge_tokens, pool
+from vidcore.ops.pool_cache import pool_cache
 from vidcore.ops.pool_presets import (
     llava_next_video,
     minigpt4_video,
@@ -20,7 +21,7 @@ from vidcore.ops.pool_presets import (
     st_llm_global_local,
     video_chatgpt,
 )
-from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View
+from vidcore.ops.pool_views import Adaptive, Linspace, SegmentCentres, Stride, Uniform, View
 from vidcore.ops.token_mask import PositionIds, TokenMask, draw_ratios, make_mask
 from vidcore.ops.token_pack import mask_and_pack, pack, unpack
 from vidcore.ops.unit_keys import unit_keys
@@ -35,9 +36,12 @@ __all__ = [
     "PooledTokens",
     "View",
     "Uniform",
+    "Linspace",
     "SegmentCentres",
+    "Stride",
     "Adaptive",
     "merge_tokens",
+    "pool_cache",
     "st_llm_global_local",
     "slowfast",
     "video_chatgpt",
