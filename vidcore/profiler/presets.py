@@ -11,7 +11,18 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View, lower_views, select_frames
+from vidcore.ops.pool_views import (
+    Adaptive,
+    Linspace,
+    SegmentCentres,
+    Stride,
+    Uniform,
+    View,
+    lower_views,
+    select_frames,
+)
+
+_SAMPLED = (Uniform, Linspace, SegmentCentres)  # n frames whatever the video's length
 
 __all__ = ["Preset", "PRESETS", "get_preset", "view_tokens", "preset_tokens", "min_frames",
            "describe_view"]
@@ -50,7 +61,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("st_llm_global_local", "vidcore.ops.st_llm_global_local(x, num_local=16)",
            lambda h, w: [View(frames=SegmentCentres(16)), View(temporal="mean")]),
     Preset("slowfast", "vidcore.ops.slowfast(x)  (10 slow frames, (1, 2) max; fast 4x4 grid)",
-           lambda h, w: [View(frames=Uniform(10), spatial=(1, 2), mode="max"),
+           lambda h, w: [View(frames=Linspace(10), spatial=(1, 2), mode="max"),
                          View(spatial=Adaptive(4, 4))]),
     Preset("video_chatgpt", "vidcore.ops.video_chatgpt(x)",
            lambda h, w: [View(spatial="mean"), View(temporal="mean")]),
@@ -73,10 +84,14 @@ def _cells(spatial: object, mode: str, height: int, width: int) -> int:
 
 
 def _selected(view: View, num_frames: int) -> int:
+    """How many frames a view selects, counted without listing them (the planner asks for
+    frame counts up to 2^40)."""
     if view.frames == "all":
         return num_frames
-    if isinstance(view.frames, (Uniform, SegmentCentres)):
-        return view.frames.n
+    if isinstance(view.frames, Stride):
+        return len(range(view.frames.start, num_frames, view.frames.step))
+    if isinstance(view.frames, _SAMPLED):
+        return view.frames.n if num_frames else 0
     return len(view.frames)
 
 
@@ -96,8 +111,10 @@ def describe_view(view: View) -> str:
     """A short human name: 'SegmentCentres(16) frames, every token', 'all frames mean', ..."""
     if view.frames == "all":
         frames = "every frame"
-    elif isinstance(view.frames, (Uniform, SegmentCentres)):
+    elif isinstance(view.frames, _SAMPLED):
         frames = f"{type(view.frames).__name__}({view.frames.n}) frames"
+    elif isinstance(view.frames, Stride):
+        frames = f"every {view.frames.step}th frame from {view.frames.start}"
     else:
         frames = f"frames {list(view.frames)}"
     temporal = {None: "", "mean": ", mean over time"}.get(view.temporal,
