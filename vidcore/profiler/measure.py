@@ -1,9 +1,12 @@
 """Time, peak memory and out-of-memory of one profiler stage.
 
 Timing reuses the benchmarks' loop (vidcore.bench.harness.time_providers: a warm-up call, then
-providers taking turns on CPU, CUDA events on GPU). Memory is the peak above what the process
-held when the frame count started: on CUDA torch's allocator statistics, on CPU the resident set
-size's high-water mark (Linux /proc/self/status VmHWM, reset through /proc/self/clear_refs).
+providers taking turns on CPU, CUDA events on GPU). Memory is measured per call, as the
+benchmarks' `peak_memory_mib` does on CUDA: what the call allocates beyond what is live before
+it, at its peak (workspace and outputs), and also the highest point since the frame count
+started. On CUDA from torch's allocator statistics; on CPU from the resident set size and its
+high-water mark (Linux /proc/self/status VmRSS and VmHWM, reset through /proc/self/clear_refs),
+with freed heap memory handed back to the OS first so that the resident set counts live data.
 
 Out of memory is caught, not suffered: on CUDA torch raises OutOfMemoryError; on CPU the stage
 runs under an address-space limit (RLIMIT_AS, raised back afterwards) of `host_limit_bytes`
@@ -13,6 +16,7 @@ swapping the machine or waking the OOM killer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import resource
 import time
@@ -58,13 +62,15 @@ def _reset_host_peak() -> bool:
 
 
 class MemoryMeter:
-    """Peak memory in MiB above a baseline taken by `set_baseline()` (the start of a frame
-    count), over the calls between `reset()` and `peak_mib()`. None where it cannot be read
-    (CPU on a system without /proc)."""
+    """Memory of calls on one device, in MiB. `measure(fn)` runs fn and returns its result and
+    what it allocated beyond what was live before it, at its peak; `since_baseline_mib()` is the
+    highest point any measured call reached above the memory at `set_baseline()` (the start of a
+    frame count). None where memory cannot be read (a CPU without /proc)."""
 
     def __init__(self, device: str):
         self.device = device
         self.baseline = 0
+        self.highest: int | None = None
 
     def _current(self) -> int | None:
         if self.device == "cuda":
@@ -72,28 +78,36 @@ class MemoryMeter:
         rss = _status_kib("VmRSS")
         return None if rss is None else rss * 1024
 
-    def set_baseline(self) -> None:
-        if self.device != "cuda":
-            _release_host_memory()
-        self.baseline = self._current() or 0
+    def _peak(self) -> int | None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        hwm = _status_kib("VmHWM")
+        return None if hwm is None else hwm * 1024
 
-    def reset(self) -> None:
+    def set_baseline(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        else:
+            _release_host_memory()
+        self.baseline, self.highest = self._current() or 0, None
+
+    def measure(self, fn: Callable[[], object]) -> tuple[object, float | None]:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
             _reset_host_peak()
+        before = self._current()
+        result = fn()
+        peak = self._peak()
+        if peak is None or before is None:
+            return result, None
+        self.highest = peak if self.highest is None else max(self.highest, peak)
+        return result, max(0, peak - before) / 2**20
 
-    def peak_mib(self) -> float | None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            hwm = _status_kib("VmHWM")
-            if hwm is None:
-                return None
-            peak = hwm * 1024
-        return max(0, peak - self.baseline) / 2**20
+    def since_baseline_mib(self) -> float | None:
+        return None if self.highest is None else max(0, self.highest - self.baseline) / 2**20
 
 
 def _mapped_bytes() -> int | None:
@@ -155,45 +169,46 @@ class StageTiming:
     output: object = None
 
 
+def _guarded(fn: Callable[[], object], device: str, limit: int | None) -> tuple[bool, object]:
+    """(True, fn()) or, when it runs out of memory, (False, None); other errors propagate."""
+    try:
+        with host_limit(limit if device == "cpu" else None):
+            return True, fn()
+    except Exception as e:  # only running out of memory is caught; the rest re-raise
+        if not is_out_of_memory(e):
+            raise
+        _release(device)
+        return False, None
+
+
 def time_stage(fns: dict[str, Callable[[], object]], device: str, meter: MemoryMeter, *,
                repeats: int, host_limit_bytes: int | None) -> dict[str, StageTiming]:
-    """Each provider's first call measures its peak memory and keeps its output (or records that
-    it ran out of memory); those that ran are then timed together by time_providers."""
+    """Each provider's first call measures the memory it allocates and keeps its output (or
+    records that it ran out of memory); those that ran are then timed together by
+    time_providers (one by one if together they no longer fit)."""
     from vidcore.bench.harness import time_providers
+
+    def timings_of(chosen: dict[str, Callable[[], object]]):
+        return lambda: time_providers(chosen, device, min_time_s=0.0, min_reps=repeats,
+                                      max_reps=repeats)
 
     results = {name: StageTiming() for name in fns}
     for name, fn in fns.items():
-        meter.reset()
-        try:
-            with host_limit(host_limit_bytes if device == "cpu" else None):
-                results[name].output = fn()
-        except Exception as e:
-            if not is_out_of_memory(e):
-                raise
+        ran, measured = _guarded(functools.partial(meter.measure, fn), device, host_limit_bytes)
+        if ran:
+            results[name].output, results[name].peak_mib = measured
+        else:
             results[name].status = "out of memory"
-            _release(device)
-            continue
-        results[name].peak_mib = meter.peak_mib()
-    ran = {name: fns[name] for name, r in results.items() if r.status == "ok"}
-    try:
-        with host_limit(host_limit_bytes if device == "cpu" else None):
-            timings = time_providers(ran, device, min_time_s=0.0, min_reps=repeats,
-                                     max_reps=repeats) if ran else {}
-    except Exception as e:
-        if not is_out_of_memory(e):
-            raise
-        _release(device)  # together they no longer fit: time them one by one
+    ok = {name: fns[name] for name, r in results.items() if r.status == "ok"}
+    together, timings = _guarded(timings_of(ok), device, host_limit_bytes) if ok else (True, {})
+    if not together:
         timings = {}
-        for name, fn in ran.items():
-            try:
-                with host_limit(host_limit_bytes if device == "cpu" else None):
-                    timings.update(time_providers({name: fn}, device, min_time_s=0.0,
-                                                  min_reps=repeats, max_reps=repeats))
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
+        for name, fn in ok.items():
+            ran, timing = _guarded(timings_of({name: fn}), device, host_limit_bytes)
+            if ran:
+                timings.update(timing)
+            else:
                 results[name].status = "out of memory"
-                _release(device)
     for name, timing in timings.items():
         results[name].seconds, results[name].min_seconds = timing.median, timing.min
         results[name].reps = timing.reps

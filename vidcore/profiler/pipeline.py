@@ -117,27 +117,26 @@ class Pipeline:
                                      dtype=self.dtype, device=self.device, backend=backend)
                  for name, backend in zip(PROVIDERS, ("auto", "torch"), strict=True)}
         vision = self._vision_providers()
-        totals = _Totals()
+        totals = _Totals(meter, self.device)
         status = "ok"
-        meter.reset()
         try:
             with host_limit(self.host_limit_bytes if self.device == "cpu" else None):
                 chunks = iter(self.source.frames(indices, self.vision.frame_size, self.chunk))
                 decode = self._ranged("decode", lambda: _next_on(chunks, self.device))
-                while (batch := totals.timed("decode", self.source.decoder, decode,
-                                             self.device)) is not None:
+                while (batch := totals.timed("decode", self.source.decoder, decode)) is not None:
                     self._stream_chunk(batch, vision, pools, totals)
                     self.progress("decode", totals.chunks * self.chunk, frames)
         except Exception as e:  # only running out of memory is recorded; the rest re-raise
             if not is_out_of_memory(e):
                 raise
             status = "out of memory"
-        peak, ok = meter.peak_mib(), status == "ok"
+        ok = status == "ok"
         how = f"one pass, sum over {totals.chunks} chunks"
 
         def row(stage: str, name: str, kernel: str, tokens_in: int, tokens_out: int) -> dict:
             seconds = totals.seconds[stage, name] if ok else None
-            timing = StageTiming(seconds, seconds, totals.chunks, peak, status)
+            timing = StageTiming(seconds, seconds, totals.chunks, totals.peaks.get((stage, name)),
+                                 status)
             return self._row(frames, stage, name, kernel, timing, tokens_in, tokens_out, how)
 
         cells = frames * self.vision.grid[0] * self.vision.grid[1]
@@ -157,15 +156,14 @@ class Pipeline:
                       pools: dict[str, StreamingPool], totals: _Totals) -> None:
         """One chunk through every vision path (vidcore's tokens go on) and both pools."""
         outputs = {name: totals.timed("vision", name, self._ranged(
-            f"vision/{name}", functools.partial(fn, batch)), self.device)
-            for name, fn in vision.items()}
+            f"vision/{name}", functools.partial(fn, batch))) for name, fn in vision.items()}
         tokens = outputs.get("vidcore", outputs.get("torch"))
         if "reference" in outputs:
             totals.diff("vision", self._diff(tokens, outputs["reference"]))
         del outputs
         for name, pool in pools.items():
             totals.timed("pool", name, self._ranged(f"pool/{name}", functools.partial(
-                pool.add, tokens)), self.device)
+                pool.add, tokens)))
 
     def _vision_providers(self) -> dict[str, Callable[[Tensor], Tensor]]:
         if hasattr(self.vision, "set_attention"):  # a transformers model: vidcore vs sdpa
@@ -202,7 +200,7 @@ class Pipeline:
         rows, pooled = self._stream(count, indices, meter)
         tokens = {"frames": count, "vision": count * self.vision.grid[0] * self.vision.grid[1]}
         item = torch.empty(0, dtype=self.dtype).element_size()
-        memory = {"streamed_pass_mib": next(r["peak_mib"] for r in rows if r["stage"] == "pool"),
+        memory = {"streamed_pass_mib": meter.since_baseline_mib(),  # decode + vision + pool
                   "all_vision_tokens_mib": tokens["vision"] * self.vision.dim * item / 2**20}
         if pooled is None:
             return {"frames": count, "rows": rows, "tokens": tokens, "memory": memory}
@@ -277,17 +275,22 @@ class Pipeline:
 
 
 class _Totals:
-    """Seconds per (stage, path) summed over the chunks of a streamed pass, and the largest
-    difference seen between paths."""
+    """Per (stage, path) over the chunks of a streamed pass: seconds summed, the most memory one
+    call allocated; and the largest difference seen between paths."""
 
-    def __init__(self):
+    def __init__(self, meter: MemoryMeter, device: str):
+        self.meter, self.device = meter, device
         self.seconds: dict[tuple[str, str], float] = {}
+        self.peaks: dict[tuple[str, str], float] = {}
         self.diffs: dict[str, float] = {}
         self.chunks = 0
 
-    def timed(self, stage: str, name: str, fn: Callable[[], object], device: str) -> object:
-        seconds, result = timed_call(fn, device)
-        self.seconds[stage, name] = self.seconds.get((stage, name), 0.0) + seconds
+    def timed(self, stage: str, name: str, fn: Callable[[], object]) -> object:
+        (seconds, result), mib = self.meter.measure(lambda: timed_call(fn, self.device))
+        key = (stage, name)
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        if mib is not None:
+            self.peaks[key] = max(self.peaks.get(key, 0.0), mib)
         if stage == "decode" and result is not None:
             self.chunks += 1
         return result

@@ -19,13 +19,15 @@ LEGEND = (
     "(decode, vision, pool) are one pass over the video, summed over its chunks; the other "
     "stages the median of --repeats calls after a warm-up call.\n"
     "speedup: reference ms / vidcore ms, measured side by side in this run.\n"
-    "peak MiB: the most memory held above the process's memory when the frame count started "
-    "(CPU: resident set high-water mark; CUDA: torch's allocator); OOM: out of memory under "
-    "the cap.\n"
+    "MiB: memory one call allocates beyond what is live before it, at its peak (workspace and "
+    "output; streamed stages: the most over their chunks). CPU: resident set high-water mark; "
+    "CUDA: torch's allocator. OOM: out of memory under the cap.\n"
     "tokens: in>out of the stage (attention: keys>queries). max diff: largest difference "
     "between the two paths' outputs (data movement: 0).\n"
-    "sweep: stream MiB = peak of the streamed decode + vision + pool pass; tokens MiB = what "
-    "every vision token of the video would take if held at once (it never is)."
+    "sweep: vidcore / ref MiB = the most any one call of that path allocated; stream MiB = the "
+    "peak of the whole decode + vision + pool pass above the memory at the start of the frame "
+    "count; tokens MiB = what every vision token of the video would take if held at once (it "
+    "never is)."
 )
 
 
@@ -119,8 +121,10 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def plot_sweep(results: dict, png: str | Path) -> Path | None:
-    """Whole-pipeline time and peak memory against frames, log-log, one line per path; a path's
-    out-of-memory frame counts are marked with an x on the axis floor. None without matplotlib."""
+    """Whole-pipeline time and memory against frames, log-log, one line per path (memory: the
+    largest call), with the streamed pass's peak and the size of every vision token beside
+    them; a path's out-of-memory frame counts are marked with an x on the axis floor. None
+    without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -131,11 +135,12 @@ def plot_sweep(results: dict, png: str | Path) -> Path | None:
     points = results["points"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "total_ms", "pipeline time (ms)"),
-                           (axes[1], "peak_mib", "peak memory above start (MiB)")):
+                           (axes[1], "peak_mib", "memory (MiB)")):
         for provider, style in zip(PROVIDERS, ("o-", "s--"), strict=True):
             ran = [(p["frames"], p[key][provider]) for p in points if p[key][provider]]
             if ran:
-                ax.plot(*zip(*ran, strict=True), style, label=provider)
+                ax.plot(*zip(*ran, strict=True), style,
+                        label=provider if key == "total_ms" else f"{provider}: largest call")
             failed = [p["frames"] for p in points if p["out_of_memory"][provider]]
             if failed:
                 ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", markersize=10,
@@ -145,7 +150,7 @@ def plot_sweep(results: dict, png: str | Path) -> Path | None:
                         if p["memory"]["streamed_pass_mib"]]
             if streamed:
                 ax.plot(*zip(*streamed, strict=True), "^-", color="grey",
-                        label="decode + vision + pool pass")
+                        label="streamed pass, peak above start")
             ax.plot([p["frames"] for p in points],
                     [p["memory"]["all_vision_tokens_mib"] for p in points], ":", color="black",
                     label="all vision tokens (never held)")
