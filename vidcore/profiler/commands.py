@@ -141,7 +141,7 @@ def run_plan(args: argparse.Namespace) -> int:
             frames = f"any (>= {p.min_frames})" if p.fits else "none"
         else:
             frames = f"{p.frames:,}"
-        views = "\n".join(f"{tokens:,}  {view}" for view, tokens in p.views)
+        views = "\n".join(f"{tokens:>7,}  {view}" for view, tokens in p.views)
         fps = "-" if p.fps is None else f"{p.fps:.3g}"
         table.add_row(p.preset, frames, f"{p.visual_tokens:,}" + ("" if p.fits else " (too many)"),
                       views, fps)
