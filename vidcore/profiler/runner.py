@@ -20,6 +20,8 @@ import torch
 
 from vidcore.profiler import report
 from vidcore.profiler.pipeline import Pipeline
+from vidcore.profiler.presets import min_frames
+from vidcore.profiler.sources import SourceError
 
 __all__ = ["ProfileError", "ProfileConfig", "profile"]
 
@@ -118,7 +120,7 @@ def _build(cfg: ProfileConfig, device: str, dtype: torch.dtype):
     """(source, vision model, preset, prefill model) for the settings; ProfileError if any
     cannot be had."""
     from vidcore.profiler.presets import get_preset
-    from vidcore.profiler.sources import PatchEmbedding, SourceError, open_source, vision_model
+    from vidcore.profiler.sources import PatchEmbedding, open_source, vision_model
 
     try:
         source = open_source(cfg.video, decoder=cfg.decoder, device=device,
@@ -176,8 +178,9 @@ def profile(video: str | os.PathLike | None = None, *, out_dir: str | os.PathLik
     """Profile `video` (or `synthetic=FRAMES`) with the ProfileConfig `settings`; returns the
     results (what the JSON holds). With `out_dir`, writes <device>-<date>-<time>.json, .csv,
     .txt (the tables) and .png (the sweep plot) there; with `trace`, a torch.profiler chrome
-    trace (open it in Perfetto) with a named range per stage and path. Raises ProfileError for
-    requests it cannot run."""
+    trace (open it in Perfetto) with a named range per stage and path; `quiet=False` shows
+    progress bars and each frame count's table (the CLI's way). Raises ProfileError for requests
+    it cannot run."""
     cfg = ProfileConfig(video=None if video is None else os.fspath(video), **settings)
     cfg.check()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,6 +191,12 @@ def profile(video: str | os.PathLike | None = None, *, out_dir: str | os.PathLik
     limit = (int(cfg.host_limit_gib * 2**30) if cfg.host_limit_gib
              else None if available is None else available // 2)
     counts = list(cfg.sweep) if cfg.sweep else [cfg.synthetic if cfg.video is None else cfg.frames]
+    fewest = min_frames(preset.name, *vision.grid)
+    for count in counts:
+        sampled = count or len(source.indices(None, cfg.fps))
+        if sampled < fewest:
+            raise ProfileError(f"preset {preset.name} needs at least {fewest} frames, got "
+                               f"{sampled}")
     pipeline = Pipeline(source, vision, preset, device, dtype, cfg.chunk, cfg.mask_ratio,
                         cfg.text_tokens, cfg.head_dim, cfg.repeats, seed=cfg.seed, fps=cfg.fps,
                         host_limit_bytes=limit, prefill_model=prefill, trace=trace is not None)
@@ -220,7 +229,7 @@ def _run(pipeline: Pipeline, counts: list[int | None], results: dict, trace, dev
                 results["rows"].extend(result["rows"])
                 results["points"].append(point)
                 progress.print(report.stage_table(result, _title(results, point)))
-    except ValueError as e:  # a read error mid-stream (truncated file), a bad size, ...
+    except SourceError as e:  # a read error mid-stream: a truncated file
         raise ProfileError(str(e)) from e
 
 

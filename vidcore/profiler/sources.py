@@ -54,6 +54,8 @@ class VideoSource:
         if num_frames is not None:
             return uniform_indices(self.total_frames, num_frames)
         if fps is not None:
+            if not self.fps > 0:
+                raise SourceError(f"{self.name} states no frame rate: sample it with --frames")
             step = self.fps / fps  # source frames per sample
             count = math.ceil(self.total_frames / step - 1e-9)
             return sorted({min(self.total_frames - 1, math.ceil(k * step - 1e-9))
