@@ -75,6 +75,8 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "unpack_fill_grad": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "mask_and_pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
 }

@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
     from vidcore.models import chat  # import-light: models load when the command runs
 
-    chat.add_arguments(sub.add_parser("chat", help="answer a question about a video with a "
-                                      "trained ST-LLM / MiniGPT4-Video"))
-    sub.choices["chat"].set_defaults(handler=chat.run)
+    chat_parser = sub.add_parser("chat", help="answer a question about a video with a trained "
+                                 "ST-LLM / MiniGPT4-Video")
+    chat.add_arguments(chat_parser)
+    chat_parser.set_defaults(handler=chat.run)
     from vidcore.profiler import commands
 
     profile = sub.add_parser("profile", help="time and memory of every stage of a video's token "
