@@ -229,7 +229,7 @@ class Pipeline:
         timings = time_stage(fns, self.device, meter, repeats=self.repeats,
                              host_limit_bytes=self.host_limit_bytes)
         kept = _first(timings["vidcore"].output)
-        rows = self._compare(frames, "mask", timings, self._kernel("pack"), video.shape[0],
+        rows = self._compare(frames, "mask", timings, self._kernel("mask_and_pack"), video.shape[0],
                              video.shape[0] if kept is None else kept.shape[0])
         return rows, video if kept is None else kept
 
