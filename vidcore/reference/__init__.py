@@ -2,7 +2,7 @@
 fallback and the benchmark baseline. Written for clarity, not speed; shapes in docstrings.
 One module per op; this package re-exports every reference function.
 """
-from vidcore.reference.attention import attention, attention_backward, visible_keys
+from vidcore.reference.attention import attention, attention_backward, key_intervals
 from vidcore.reference.cosine_consistency_loss import (
     cosine_consistency_loss,
     cosine_consistency_loss_backward,
@@ -34,7 +34,7 @@ from vidcore.reference.unit_keys import lowbias32, unit_keys
 __all__ = [
     "attention",
     "attention_backward",
-    "visible_keys",
+    "key_intervals",
     "lowbias32",
     "unit_keys",
     "merge_attention_states",
