@@ -160,10 +160,31 @@ def _check_request(ops: list[str], device: str) -> None:
                          "(torch.cuda.is_available() is False)")
 
 
+def check_out_dir(out_dir: Path | str) -> None:
+    """A BenchError, before any run, when `out_dir` cannot become a results directory (it or an
+    ancestor is a file); creates nothing, so a run that fails later leaves no empty folder."""
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise BenchError(f"cannot write results to {out}: {path} is not a directory")
+            return
+
+
+def prepare_out_dir(out_dir: Path | str) -> Path:
+    """`out_dir`, created if missing; a BenchError when it cannot be."""
+    check_out_dir(out_dir)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot write results to {out}: {e.strerror or e}") from None
+    return out
+
+
 def _output_path(out_dir: Path | str, device_name: str, now: dt.datetime) -> Path:
     """<device>-<yyyymmdd>-<hhmmss>.json; a second run in the same second gets a suffix."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
     stem = f"{slug}-{now:%Y%m%d-%H%M%S}"
     path, n = out / f"{stem}.json", 1

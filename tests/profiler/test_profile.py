@@ -140,6 +140,15 @@ def test_inputs_it_cannot_use_fail_in_one_line(videos, tmp_path, capsys, tiny_ar
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_path_that_is_a_file_fails_in_one_line_before_the_run(tmp_path, capsys,
+                                                                        tiny_args):
+    taken = tmp_path / "report"
+    taken.write_text("not a directory")
+    assert main(["profile", "--synthetic", "6", *tiny_args, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidcore profile: error: cannot write results to ") and "Traceback" not in err
+
+
 def test_torchcodec_missing_is_a_clear_error(videos, tiny):
     try:
         import torchcodec  # noqa: F401

@@ -197,6 +197,13 @@ def profile(video: str | os.PathLike | None = None, *, out_dir: str | os.PathLik
         if sampled < fewest:
             raise ProfileError(f"preset {preset.name} needs at least {fewest} frames, got "
                                f"{sampled}")
+    if out_dir is not None:  # a results path that cannot be written fails before the run
+        from vidcore.bench.runner import BenchError, check_out_dir
+
+        try:
+            check_out_dir(out_dir)
+        except BenchError as e:
+            raise ProfileError(str(e)) from None
     pipeline = Pipeline(source, vision, preset, device, dtype, cfg.chunk, cfg.mask_ratio,
                         cfg.text_tokens, cfg.head_dim, cfg.repeats, seed=cfg.seed, fps=cfg.fps,
                         host_limit_bytes=limit, prefill_model=prefill, trace=trace is not None)
