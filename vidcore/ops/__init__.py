@@ -2,8 +2,16 @@
 `torch.ops.vidcore.*` op; `FAST_KERNELS` records which device has which fast kernel."""
 from vidcore._backends import EXTENSION  # noqa: F401  loading _C registers its C++/CUDA kernels
 from vidcore.ops.attention import attention
+from vidcore.ops.cosine_consistency_loss import cosine_consistency_loss
 from vidcore.ops.frame_ranges import interleave_ranges, stage_ranges, window_ranges
+from vidcore.ops.interleave_pack import (
+    InterleavedBatch,
+    InterleavePlan,
+    interleave_pack,
+    plan_interleave,
+)
 from vidcore.ops.merge_attention_states import merge_attention_states
+from vidcore.ops.multi_source_attention import multi_source_attention
 from vidcore.ops.pool import PooledTokens, merge_tokens, pool
 from vidcore.ops.pool_presets import (
     llava_next_video,
@@ -43,6 +51,12 @@ __all__ = [
     "pack",
     "unpack",
     "mask_and_pack",
+    "interleave_pack",
+    "plan_interleave",
+    "InterleavedBatch",
+    "InterleavePlan",
+    "cosine_consistency_loss",
+    "multi_source_attention",
     "FAST_KERNELS",
 ]
 

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder for <device>-<date>-<time>.json and .png")
     bench.add_argument("--no-plot", action="store_true")
     bench.set_defaults(handler=_bench)
+    from vidcore.models import chat  # import-light: models load when the command runs
+
+    chat_parser = sub.add_parser("chat", help="answer a question about a video with a trained "
+                                 "ST-LLM / MiniGPT4-Video")
+    chat.add_arguments(chat_parser)
+    chat_parser.set_defaults(handler=chat.run)
     return parser
 
 

@@ -3,9 +3,18 @@ fallback and the benchmark baseline. Written for clarity, not speed; shapes in d
 One module per op; this package re-exports every reference function.
 """
 from vidcore.reference.attention import attention, attention_backward, visible_keys
+from vidcore.reference.cosine_consistency_loss import (
+    cosine_consistency_loss,
+    cosine_consistency_loss_backward,
+)
+from vidcore.reference.interleave_pack import interleave_pack, interleave_pack_backward
 from vidcore.reference.merge_attention_states import (
     merge_attention_states,
     merge_attention_states_backward,
+)
+from vidcore.reference.multi_source_attention import (
+    multi_source_attention,
+    multi_source_attention_backward,
 )
 from vidcore.reference.pool import pool, pool_backward, pool_view
 from vidcore.reference.token_mask import (
@@ -37,4 +46,10 @@ __all__ = [
     "pack",
     "unpack",
     "unpack_fill_grad",
+    "interleave_pack",
+    "interleave_pack_backward",
+    "cosine_consistency_loss",
+    "cosine_consistency_loss_backward",
+    "multi_source_attention",
+    "multi_source_attention_backward",
 ]

@@ -1,0 +1,2 @@
+"""Compact seed models on vidcore ops (transformers PreTrainedModels). Imported lazily: the
+package itself does not import transformers."""
