@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vidcore.ops import interleave_pack, plan_interleave
-from vidcore.testing import assert_exact, opcheck
+from vidcore.testing import assert_exact, assert_raises_cleanly, opcheck
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.uint8]
 # MiniGPT4-Video-like: per frame "<Img>" text, 4 visual tokens, a subtitle; then the question
@@ -212,3 +212,101 @@ def test_bad_input(fn, error, message):
     text, visual, labels = inputs(STLLM)
     with pytest.raises(error, match="interleave_pack: " + message):
         fn(text, visual, labels)
+
+
+# A valid table for text [3, 4], visual [2, 4]: text rows 0-1, visual rows 2-3, text row 4.
+TABLE = [[0, 0, 0, 0], [2, 1, 2, 0], [4, 0, 2, 0]]
+HOSTILE = [
+    pytest.param([[0, 0, 0, 0], [2, 1, 9, 0], [4, 0, 2, 0]], 5, "text_before must count",
+                 id="visual-rows-out-of-range"),
+    pytest.param([[0, 0, 0, 0], [2, 1, 2, 0], [4, 0, 0, 0]], 5, "text_before must count",
+                 id="text-row-used-twice"),
+    pytest.param([[3, 0, 0, 0], [2, 1, 2, 0], [4, 0, 2, 0]], 5, "start at row 0", id="first-start"),
+    pytest.param([[0, 0, 0, 0], [4, 1, 2, 0], [2, 0, 2, 0]], 5, "starts must ascend",
+                 id="descending"),
+    pytest.param([[0, 0, 0, 0], [2, 1, 2, 0], [9, 0, 2, 0]], 5, "starts must ascend",
+                 id="start-past-total"),
+    pytest.param([[0, 0, 0, 0], [2, 7, 2, 0], [4, 0, 2, 0]], 5, "kinds must be 0 or 1",
+                 id="kind"),
+    pytest.param([[0, 0, 0, 0], [2, 1, 2, 3], [4, 0, 2, 0]], 5, "seq_start must be in",
+                 id="seq-start-after-start"),
+    pytest.param([[0, 0, 0, -1], [2, 1, 2, 0], [4, 0, 2, 0]], 5, "seq_start must be in",
+                 id="negative-seq-start"),
+    pytest.param(TABLE, 6, "total must equal", id="total-too-large"),
+    pytest.param(TABLE, -1, "total must equal", id="negative-total"),
+    pytest.param([[0, 0, 0, 0], [2, 1, 2, 0]], 5, "text segments must cover", id="too-few-text"),
+    pytest.param(torch.zeros(0, 4, dtype=torch.int64), 5, "no segments", id="no-segments"),
+    pytest.param(torch.tensor(TABLE)[:, :3], 5, r"int64 \[S, 4\]", id="three-columns"),
+    pytest.param(torch.tensor(TABLE).double(), 5, r"int64 \[S, 4\]", id="float-table"),
+    pytest.param(torch.tensor(TABLE).t().contiguous().t(), 5, r"int64 \[S, 4\]", id="strided"),
+]
+
+
+@pytest.mark.parametrize("table, total, message", HOSTILE)
+def test_direct_calls_with_hostile_tables_raise(table, total, message):
+    table = torch.as_tensor(table)
+    with pytest.raises(ValueError, match="interleave_pack: .*" + message):
+        torch.ops.vidcore.interleave_pack(torch.randn(3, 4), torch.randn(2, 4), table, None, total)
+    grad_message = message.replace("total must equal", "total must equal|grad_embeds")
+    with pytest.raises(ValueError, match="interleave_pack_backward: .*" + grad_message):
+        torch.ops.vidcore.interleave_pack_backward(torch.randn(max(total, 0), 4), table, 3, 2)
+
+
+@pytest.mark.parametrize("text, visual, labels, message", [
+    (torch.randn(3), torch.randn(2, 4), None, "text must be"),
+    (torch.randn(3, 4), torch.randn(2, 5), None, "visual must be"),
+    (torch.randn(3, 4), torch.randn(2, 4).half(), None, "visual must be"),
+    (torch.randn(3, 4), torch.randn(2, 4), torch.zeros(2, dtype=torch.int64), "text_labels must be"),
+    (torch.randn(3, 4), torch.randn(2, 4), torch.zeros(3), "text_labels must be"),
+    (torch.randn(3, 8)[:, ::2], torch.randn(2, 4), None, "text must be"),
+], ids=["text-1d", "visual-width", "visual-dtype", "labels-length", "labels-dtype", "strided"])
+def test_direct_calls_with_hostile_tensors_raise(text, visual, labels, message):
+    with pytest.raises(ValueError, match="interleave_pack: " + message):
+        torch.ops.vidcore.interleave_pack(text, visual, torch.tensor(TABLE), labels, 5)
+
+
+def test_direct_call_out_of_range_table_raises_in_a_subprocess():
+    # without the table check this reads visual row 9 of 2: must raise, never crash
+    assert_raises_cleanly(
+        "torch.ops.vidcore.interleave_pack(torch.randn(3, 4), torch.randn(2, 4), "
+        "torch.tensor([[0, 0, 0, 0], [2, 1, -7, 0], [4, 0, 2, 0]]), None, 5)",
+        match="invalid segment_table")
+
+
+@pytest.mark.slow
+def test_int64_offsets_past_2_pow_31_bytes():
+    # 2M rows of 1040 bytes: byte offsets pass 2^31 (about 4.4 GB on CPU)
+    rows, dim = 1 << 21, 1040
+    visual = torch.empty(rows, dim, dtype=torch.uint8)
+    visual[-3:] = torch.arange(1, 4, dtype=torch.uint8)[:, None]
+    text = torch.full((2, dim), 7, dtype=torch.uint8)
+    batch = interleave_pack(text, visual, [(0, 1, rows - 1), (0, 0, 2), (1, 1, 1)])
+    assert_exact(batch.embeds[-4:], torch.cat([visual[-2:-1], text, visual[-1:]]))
+    assert batch.position_ids[-1].item() == 0 and batch.visual_index[-1].item() == rows + 1
+
+
+@pytest.mark.cuda_ext
+def test_cuda_kernel_matches_reference_and_cpu():
+    for dim, dtype in ((1, torch.uint8), (3, torch.bfloat16), (64, torch.bfloat16),
+                       (4096, torch.float16)):
+        segments = [(sample + 2 * copy, kind, n) for copy in range(3)
+                    for sample, kind, n in MINIGPT4]  # six samples
+        text, visual, labels = inputs(segments, dim, dtype, "cuda")
+        batch = interleave_pack(text, visual, segments, labels)
+        reference = interleave_pack(text, visual, segments, labels, backend="torch")
+        for fast, ref in zip(batch, reference, strict=True):
+            if isinstance(fast, torch.Tensor):
+                assert_exact(fast, ref)
+            else:
+                assert fast == ref
+        cpu = interleave_pack(text.cpu(), visual.cpu(), segments, labels.cpu())
+        assert_exact(batch.embeds.cpu(), cpu.embeds)
+
+
+@pytest.mark.cuda_ext
+def test_cuda_hostile_table_is_a_device_side_assert():
+    assert_raises_cleanly(
+        "torch.ops.vidcore.interleave_pack(torch.randn(3, 4, device='cuda'), "
+        "torch.randn(2, 4, device='cuda'), torch.tensor([[0, 0, 0, 0], [2, 1, -7, 0], "
+        "[4, 0, 2, 0]], device='cuda'), None, 5); torch.cuda.synchronize()",
+        match="device-side assert")

@@ -73,4 +73,6 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "interleave_pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "interleave_pack_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
 }
