@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from vidcore.ops import multi_source_attention
 
-__all__ = ["FeatureProjection", "ActionTuningAdapter", "CrossModalityInteraction", "STREAMS"]
+__all__ = ["FeatureProjection", "ActionTuningAdapter", "CrossModalityInteraction", "STREAMS",
+           "sinusoids"]
 
 STREAMS = ("text", "video", "future")
 
@@ -69,6 +70,15 @@ class ActionTuningAdapter(nn.Module):
         return z + up + self.up_bias
 
 
+def sinusoids(positions: Tensor, width: int) -> Tensor:
+    """The transformer's sinusoidal encoding of integer `positions` [n] -> [n, width]:
+    sin at even channels, cos at odd ones, frequencies 10000^(-2i / width)."""
+    rate = torch.exp(torch.arange(0, width, 2, device=positions.device).float()
+                     * (-math.log(10000.0) / width))
+    angles = positions.float()[:, None] * rate
+    return torch.stack([angles.sin(), angles.cos()], -1).flatten(-2)[:, :width]
+
+
 class CrossModalityInteraction(nn.Module):
     """The CMIB on `width`-wide streams with `heads` heads (the seed: 128 wide, 32 heads, so a
     head dim of 4).
@@ -79,19 +89,13 @@ class CrossModalityInteraction(nn.Module):
     """
 
     def __init__(self, width: int, heads: int, ffn_size: int, dropout: float,
-                 attention_dropout: float, eps: float, position_over_batch: bool,
-                 max_positions: int = 5000):
+                 attention_dropout: float, eps: float, position_over_batch: bool):
         super().__init__()
         if width % heads:
             raise ValueError(f"CrossModalityInteraction: heads ({heads}) must divide the width "
                              f"({width})")
         self.heads, self.position_over_batch = heads, position_over_batch
         self.attention_dropout = attention_dropout
-        position = torch.arange(max_positions, dtype=torch.float32)[:, None]
-        rate = torch.exp(torch.arange(0, width, 2).float() * (-math.log(10000.0) / width))
-        table = torch.zeros(max_positions, width)
-        table[:, 0::2], table[:, 1::2] = torch.sin(position * rate), torch.cos(position * rate)
-        self.register_buffer("positions", table, persistent=False)
         names = STREAMS
 
         def per_stream(make) -> nn.ModuleDict:
@@ -112,8 +116,8 @@ class CrossModalityInteraction(nn.Module):
         if self.position_over_batch:
             # the seed's `x + pe[:x.size(0)]` on a [B, S, D] tensor: sample b gets row b on
             # every token (all samples row 0 with its batch size of 1)
-            return x + self.positions[batch_index][:, None].to(x.dtype)
-        return x + self.positions[:x.shape[1]].to(x.dtype)
+            return x + sinusoids(batch_index, x.shape[-1]).to(x.dtype)[:, None]
+        return x + sinusoids(torch.arange(x.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
 
     def forward(self, streams: tuple[Tensor, Tensor, Tensor], batch_index: Tensor,
                 use_kernels: bool) -> tuple[Tensor, ...]:
