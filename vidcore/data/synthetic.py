@@ -56,7 +56,7 @@ class ProceduralActivities(torch.utils.data.Dataset):
 
     The task (activity scripts, action prototypes and typical durations) is drawn from
     `task_seed`, the videos from `seed`: training and evaluation sets share a task and differ in
-    `seed`. Scripts are 5-7 steps long and never repeat an action twice in a row; a video walks
+    `seed`. Scripts are 5-7 distinct actions (activities share actions); a video walks
     its activity's script, skipping a step with probability `skip_probability`, and every action
     lasts its class's typical share of the video times U(0.75, 1.25). `noise` is the standard
     deviation of the feature noise (prototypes have unit-variance entries); the frame classifier
@@ -84,12 +84,8 @@ class ProceduralActivities(torch.utils.data.Dataset):
         self.scripts = [self._script(task) for _ in range(num_activities)]
 
     def _script(self, rng: torch.Generator) -> list[int]:
-        steps = int(torch.randint(5, 8, (), generator=rng))
-        script = [int(torch.randint(self.num_classes, (), generator=rng))]
-        while len(script) < steps:
-            step = int(torch.randint(self.num_classes - 1, (), generator=rng))
-            script.append(step + (step >= script[-1]))  # any action but the previous one
-        return script
+        steps = min(self.num_classes, int(torch.randint(5, 8, (), generator=rng)))
+        return torch.randperm(self.num_classes, generator=rng)[:steps].tolist()
 
     def __len__(self) -> int:
         return self.size
@@ -144,9 +140,10 @@ class OrderedSubActionEpisodes(torch.utils.data.Dataset):
     Every episode draws one set of three colours and uses `n_way` of its six orders as its
     classes (n_way <= 6). The sets are split between "train" and "test" (every third set, in
     the order itertools.combinations lists them, is a test set), so test episodes show colour
-    combinations never trained on. A clip spends about a third of its `num_frames` frames on
-    each sub-action (stage boundaries jittered by one frame); the square's place and size and
-    the background noise change from clip to clip.
+    combinations never trained on. A clip gives its sub-actions the most even split of its
+    `num_frames` frames in a random order (3, 3 and 2 frames for 8), so no sub-action, whatever
+    its place, gets more frames on average; the square's place and size and the background
+    noise change from clip to clip.
     """
 
     def __init__(self, size: int, *, n_way: int = 5, k_shot: int = 1, n_query: int = 1,
@@ -189,10 +186,11 @@ class OrderedSubActionEpisodes(torch.utils.data.Dataset):
 
     def _clip(self, rng: torch.Generator, order: tuple[str, ...]) -> Tensor:
         frames, size = self.num_frames, self.frame_size
-        base = frames // 3
-        cuts = [base + int(torch.randint(-1, 2, (), generator=rng)),
-                2 * base + int(torch.randint(-1, 2, (), generator=rng))]
-        stage = torch.bucketize(torch.arange(frames), torch.tensor(cuts), right=True)
+        # stage lengths: a random order of the most even split (3, 3, 2 for 8 frames), so every
+        # sub-action fills the same share of frames on average, whichever place it takes
+        even = [frames // 3 + (i < frames % 3) for i in range(3)]
+        lengths = torch.tensor(even)[torch.randperm(3, generator=rng)]
+        stage = torch.repeat_interleave(torch.arange(3), lengths)
         clip = torch.randint(0, 60, (frames, 3, size, size), generator=rng, dtype=torch.uint8)
         side = size // 2 + int(torch.randint(size // 4, (), generator=rng))
         row, col = (int(torch.randint(size - side + 1, (), generator=rng)) for _ in range(2))

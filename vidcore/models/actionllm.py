@@ -41,6 +41,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 import vidcore.integrations.transformers  # noqa: F401  registers attn_implementation="vidcore"
+from vidcore.models._init import apply_marked_init
 from vidcore.models.actionllm_blocks import (
     ActionTuningAdapter,
     CrossModalityInteraction,
@@ -168,7 +169,8 @@ class ActionLLMForAnticipation(KernelSwitchMixin, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, (FeatureProjection, ActionTuningAdapter)):
+        apply_marked_init(module)
+        if isinstance(module, ActionTuningAdapter):
             module.reset_parameters()
 
     def _attention_towers(self) -> Iterator[PreTrainedModel]:

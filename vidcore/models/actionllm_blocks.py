@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import initialization as init
 
+from vidcore.models._init import mark_init
 from vidcore.ops import multi_source_attention
 
 __all__ = ["FeatureProjection", "ActionTuningAdapter", "CrossModalityInteraction", "STREAMS",
@@ -29,13 +31,9 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, out_features: int):
         super().__init__()
-        self.down = nn.Linear(in_features, hidden)
-        self.up = nn.Linear(hidden, out_features)
-
-    def reset_parameters(self) -> None:
-        for linear in (self.down, self.up):  # the seed: xavier weights, zero biases
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        # the seed: xavier weights, zero biases
+        self.down = mark_init(nn.Linear(in_features, hidden), "xavier")
+        self.up = mark_init(nn.Linear(hidden, out_features), "xavier")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up(F.silu(self.down(x)))
@@ -53,16 +51,15 @@ class ActionTuningAdapter(nn.Module):
             raise ValueError(f"ActionTuningAdapter: rank ({rank}) and width ({width}) must be "
                              f"multiples of groups ({groups})")
         self.groups = groups
-        self.down = nn.Linear(width, rank)
+        self.down = mark_init(nn.Linear(width, rank), "xavier")
         self.up_weight = nn.Parameter(torch.zeros(groups, width // groups, rank // groups))
         self.up_bias = nn.Parameter(torch.zeros(width))
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up_weight)
-        nn.init.zeros_(self.up_bias)
+        """The zero up projection (called by the model's weight initialisation)."""
+        init.zeros_(self.up_weight)
+        init.zeros_(self.up_bias)
 
     def forward(self, z: Tensor) -> Tensor:
         low = self.dropout(self.down(z)).unflatten(-1, (self.groups, -1))

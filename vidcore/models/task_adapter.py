@@ -46,9 +46,9 @@ from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
 import vidcore.integrations.transformers  # noqa: F401  registers attn_implementation="vidcore"
+from vidcore.models._init import apply_marked_init
 from vidcore.models.kernel_switch import KernelSwitchMixin
 from vidcore.models.task_adapter_blocks import (
-    AimAdapter,
     SemanticOrderTextLayer,
     TaskAdaptedVisionLayer,
     cosine_matrix,
@@ -167,8 +167,7 @@ class TaskAdapterForFewShot(KernelSwitchMixin, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, AimAdapter):
-            module.reset_parameters()
+        apply_marked_init(module)
         if module is self:
             nn.init.zeros_(self.temporal_embedding)
 

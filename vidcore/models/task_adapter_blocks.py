@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidcore.models._init import mark_init
 from vidcore.ops import axis_attention
 
 __all__ = ["AimAdapter", "axis_self_attention", "TaskAdaptedVisionLayer",
@@ -32,16 +33,11 @@ class AimAdapter(nn.Module):
 
     def __init__(self, width: int, ratio: float, skip: bool, zero_init: bool):
         super().__init__()
-        self.skip, self.zero_init = skip, zero_init
+        self.skip = skip
         self.fc1 = nn.Linear(width, int(width * ratio))
         self.fc2 = nn.Linear(int(width * ratio), width)
-
-    def reset_parameters(self) -> None:
-        for linear in (self.fc1, self.fc2):
-            linear.reset_parameters()
-        if self.zero_init:
-            nn.init.zeros_(self.fc2.weight)
-            nn.init.zeros_(self.fc2.bias)
+        if zero_init:
+            mark_init(self.fc2, "zeros")
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc2(F.gelu(self.fc1(x)))
