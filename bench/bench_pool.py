@@ -14,11 +14,11 @@ from vidcore.ops import slowfast, st_llm_global_local, video_chatgpt
 
 
 def slowfast_seed(x: torch.Tensor) -> torch.Tensor:
-    """SlowFast-LLaVA (llava_arch.py): 10 uniform frames max-pooled in raster pairs, then every
-    frame adaptive-avg-pooled to 4 x 4; slow tokens first."""
+    """SlowFast-LLaVA (llava_arch.py prepare_slowfast): 10 frames at
+    torch.linspace(0, T, 11).to(int32)[:-1] max-pooled in raster pairs, then every frame
+    adaptive-avg-pooled to 4 x 4; slow tokens first."""
     batch, frames, height, width, dim = x.shape
-    # np.linspace(0, T, 11).astype(int)[:-1] (i * (T / 10), truncated), without numpy
-    idx = torch.tensor([int(i * (frames / 10)) for i in range(10)], device=x.device)
+    idx = torch.linspace(0, frames, 11).to(torch.int32)[:-1].to(x.device)
     slow = F.max_pool1d(x[:, idx].reshape(-1, height * width, dim).transpose(1, 2), 2, 2)
     fast = F.adaptive_avg_pool2d(x.reshape(-1, height, width, dim).permute(0, 3, 1, 2), (4, 4))
     return torch.cat([slow.transpose(1, 2).reshape(batch, -1, dim),

@@ -3,7 +3,8 @@
 Baselines, measured in the same run: the seed's way transcribed in PyTorch (per-video random
 permutation, boolean keep mask, x[keep] gather: ST-LLM's RandomMaskingGenerator + v[~mask]),
 the same with the pad-to-max + attention mask a non-varlen LLM needs, torch.compile of the seed's
-way, and torch.index_select with vidcore's indices (one gather: the floor for pack).
+way, vidcore's two-op path (make_mask then pack: what the fused op replaces), and
+torch.index_select with vidcore's indices (one gather: the floor for pack).
 """
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from torch.nn.utils.rnn import pad_sequence
 from vidcore.bench.harness import BenchCase, compiled, run_pytest_benchmark, shapes
 
 from vidcore.ops import draw_ratios, make_mask, mask_and_pack, pack
+
+
+def make_mask_then_pack(x: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """The unfused path: two ops, keep_idx written by one and read back by the other."""
+    batch, frames, height, width = x.shape[:4]
+    mask = make_mask(frames, (height, width), ratio, batch_size=batch, seed=seed, device=x.device)
+    return pack(x, mask)
 
 # (B, T, H, W, D): ST-LLM training batch (64 frames of 16 x 16 tokens) and a long video
 SHAPES = {
@@ -65,6 +73,7 @@ def cases(size: str | dict[str, object], device: str, dtype: torch.dtype = torch
                 "seed_padded": lambda: seed_way_padded(x, ratios),
                 "compiled": lambda: seed_compiled(x, RATIO),
                 "reference": lambda: mask_and_pack(x, RATIO, seed=1, backend="torch"),
+                "unfused": lambda: make_mask_then_pack(x, RATIO, 1),
                 "vidcore": lambda: mask_and_pack(x, RATIO, seed=1),
             }
 
@@ -78,9 +87,9 @@ def cases(size: str | dict[str, object], device: str, dtype: torch.dtype = torch
 
         return [
             BenchCase("mask_and_pack", name, shape, build_fused,
-                      ("seed_eager", "seed_padded", "compiled", "reference", "vidcore"),
-                      bytes=nbytes, baseline="seed_eager", dtype=str(dtype).removeprefix("torch."),
-                      kernel_ops=("make_mask", "pack")),
+                      ("seed_eager", "seed_padded", "compiled", "reference", "unfused",
+                       "vidcore"),
+                      bytes=nbytes, baseline="seed_eager", dtype=str(dtype).removeprefix("torch.")),
             BenchCase("pack", name, shape, build_pack, ("index_select", "vidcore"),
                       bytes=nbytes - 8 * kept, baseline="index_select",
                       dtype=str(dtype).removeprefix("torch.")),

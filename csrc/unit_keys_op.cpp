@@ -15,8 +15,10 @@
 namespace vidcore {
 namespace {
 
-// The Python wrapper validates arguments with user-facing messages; these checks only guard
-// the raw-pointer kernels against direct torch.ops calls.
+// The Python wrapper validates arguments with user-facing messages. Direct torch.ops calls get
+// these checks: the kernels read video_index[0, B) and write keys[0, B * num_units), in range by
+// construction once video_index is a contiguous 1-D int64 tensor and the sizes are >= 0; every
+// int64 value of video_index is a valid input (its low 32 bits are hashed, like the reference).
 at::Tensor alloc_keys(const at::Tensor& video_index, int64_t seed, int64_t num_units) {
   TORCH_CHECK(video_index.dim() == 1 && video_index.scalar_type() == at::kLong &&
                   video_index.is_contiguous(),

@@ -1,6 +1,6 @@
 // CPU twin of csrc/cuda/pool.cu: the same plan rows and window math (vidcore/pool.h). The
 // forward streams the input once in frame blocks (pool_schedule.h), channels innermost so every
-// cell is read contiguously; the backward gives threads channel slices.
+// cell is read contiguously. (The backward: pool_backward.cpp.)
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -95,6 +95,7 @@ inline bool single_cell(const int64_t* row) {
 template <typename Acc>
 int64_t coalesced_run(const Visits& visits, int64_t v, int64_t v_end, const int64_t* plan,
                       const int64_t* frame_table, int64_t width, const LiveTokens<Acc>& live) {
+  // Token j has several visits (the caller checked); so must the others of the run.
   const int64_t j = visits.token[v], s0 = visits.slot_begin[v];
   const int64_t frames = visits.slot_end[v] - s0;
   const int64_t* row = plan + j * kPoolPlanColumns;
@@ -106,9 +107,9 @@ int64_t coalesced_run(const Visits& visits, int64_t v, int64_t v_end, const int6
     const int64_t t0 = visits.slot_begin[v + m];
     bool same = visits.token[v + m] == j + m && visits.slot_end[v + m] - t0 == frames &&
                 single_cell(next) && next[kPoolMode] == row[kPoolMode] &&
-                next[kRowBegin] * width + next[kColBegin] == cell + m &&
-                (live.slot_of[j + m] < 0) == (live.slot_of[j] < 0) &&
-                (live.slot_of[j] < 0 || live.slot_of[j + m] == live.slot_of[j] + m);
+                next[kRowBegin] * width + next[kColBegin] == cell + m && live.id[j + m] >= 0 &&
+                (live.slot(j + m) < 0) == (live.slot(j) < 0) &&
+                (live.slot(j) < 0 || live.slot(j + m) == live.slot(j) + m);
     for (int64_t i = 0; same && i < frames; ++i) same = frame_table[t0 + i] == frame_table[s0 + i];
     if (!same) break;
   }
@@ -129,27 +130,33 @@ void finish_token(const int64_t* row, const Acc* acc, int64_t n, T* dst) {
 // a token's cells in the block to its partial result. Tokens whose blocks all lie in the range
 // are finished there; the others (a temporal mean over all frames) keep their partial.
 // Phase 2 combines those partials in range order. No token is written by two threads, and each
-// token's reduction order is fixed for a given thread count.
+// token's reduction order is fixed by the plan (the ranges do not depend on the thread count).
 template <typename T, typename Acc>
 void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int64_t* frame_table,
                  int64_t height, int64_t width, int64_t channels, T* out) {
+  if (num_tokens == 0 || channels == 0) return;
   const Visits visits = pool_cpu_schedule::visits_by_block(plan, num_tokens, frame_table);
-  const int64_t threads = at::get_num_threads();
-  const Partition part = pool_cpu_schedule::partition(visits, plan, channels, threads);
+  const Partition part =
+      pool_cpu_schedule::partition(visits, plan, channels, at::get_num_threads());
   std::vector<int64_t> visit_range(num_tokens, -1);  // the range of a token's visits, or -2
+  std::vector<int64_t> multi_id(num_tokens, -1);     // index among multi-visit tokens, or -1
   for (int64_t b = 0; b < visits.blocks(); ++b) {
     for (int64_t v = visits.begin[b]; v < visits.begin[b + 1]; ++v) {
-      int64_t& range = visit_range[visits.token[v]];
+      const int64_t j = visits.token[v];
+      int64_t& range = visit_range[j];
+      multi_id[j] = range == -1 ? -1 : 0;  // 0: seen before (numbered below)
       range = range == -1 || range == part.range_of[b] ? part.range_of[b] : -2;
     }
   }
   std::vector<int64_t> spanning;  // tokens visited in several ranges
+  int64_t multi_tokens = 0;
   for (int64_t j = 0; j < num_tokens; ++j) {
+    if (multi_id[j] == 0) multi_id[j] = multi_tokens++;
     if (visit_range[j] == -2) spanning.push_back(j);
   }
   std::vector<LiveTokens<Acc>> items(part.items());
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(part.threads)
   {
     std::vector<Acc> once(part.chunk);  // for tokens finished in one visit
 #pragma omp for schedule(static, 1)
@@ -159,15 +166,17 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
       const int64_t v0 = visits.begin[part.range_begin[range]];
       const int64_t v1 = visits.begin[part.range_begin[range + 1]];
       LiveTokens<Acc>& live = items[item];
-      live = LiveTokens<Acc>(num_tokens, part.chunk);
-      for (int64_t v = v0; v < v1; ++v) ++live.visits_left[visits.token[v]];
+      live = LiveTokens<Acc>(multi_id.data(), multi_tokens, part.chunk);
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t id = multi_id[visits.token[v]];
+        if (id >= 0) ++live.visits_left[id];
+      }
       for (int64_t v = v0; v < v1; ++v) {
         const int64_t j = visits.token[v];
         const int64_t* row = plan + j * kPoolPlanColumns;
         const int64_t s0 = visits.slot_begin[v], s1 = visits.slot_end[v];
         T* dst = out + j * channels + d0;
-        const bool whole = live.visits_left[j] == 1 && visit_range[j] >= 0 &&
-                           live.slot_of[j] < 0;  // the token's only visit
+        const bool whole = multi_id[j] < 0;  // the token's only visit
         if (whole && pool_window_size(row) == 1) {  // a copy: mean = max = the value
           const T* cell = x + pool_window_row(row, frame_table, height, width, 0) * channels;
           std::memcpy(dst, cell + d0, n * sizeof(T));
@@ -177,7 +186,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
         const int64_t run = !whole && live.width == channels && single_cell(row)
             ? coalesced_run(visits, v, v1, plan, frame_table, width, live) : 1;
         if (run > 1) {
-          const bool first_visit = live.slot_of[j] < 0;
+          const bool first_visit = live.slot(j) < 0;
           Acc* acc = first_visit ? live.start_run(j, run) : live.find(j);
           if (first_visit) {
             std::fill(acc, acc + run * n, is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
@@ -201,7 +210,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
           continue;
         }
         Acc* acc;
-        if (whole || live.slot_of[j] < 0) {  // the token's first visit here
+        if (whole || live.slot(j) < 0) {  // the token's first visit here
           acc = whole ? once.data() : live.start(j);
           std::fill(acc, acc + n, is_max ? -std::numeric_limits<Acc>::infinity() : Acc(0));
         } else {
@@ -229,7 +238,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
         bool first = true;
         for (int64_t r = 0; r < part.ranges(); ++r) {
           LiveTokens<Acc>& live = items[r * part.chunks + c];
-          if (live.slot_of[j] < 0) continue;
+          if (live.slot(j) < 0) continue;
           const Acc* partial = live.find(j);
           for (int64_t d = 0; d < n; ++d) {
             acc[d] = first    ? partial[d]
@@ -244,74 +253,7 @@ void pool_tokens(const T* x, const int64_t* plan, int64_t num_tokens, const int6
   }
 }
 
-// Threads own channel slices, so overlapping windows of different views never race.
-template <typename T, typename Acc>
-void pool_backward_tokens(const T* grad, const T* x, const int64_t* plan, int64_t num_tokens,
-                          const int64_t* frame_table, int64_t height, int64_t width,
-                          int64_t channels, Acc* grad_x) {
-  // Enough channel slices for every thread, at most 1024 channels each.
-  const int64_t chunk =
-      std::min<int64_t>(pool_cpu_schedule::channel_slice(channels, at::get_num_threads()), 1024);
-  at::parallel_for(0, (channels + chunk - 1) / chunk, 1, [&](int64_t item0, int64_t item1) {
-    std::vector<Acc> share(chunk), best(chunk);
-    std::vector<int64_t> best_row(chunk);
-    for (int64_t item = item0; item < item1; ++item) {
-      const int64_t d0 = item * chunk, n = std::min(chunk, channels - d0);
-      for (int64_t j = 0; j < num_tokens; ++j) {
-        const int64_t* row = plan + j * kPoolPlanColumns;
-        const T* g = grad + j * channels + d0;
-        if (row[kPoolMode] != kPoolMax) {  // a mean spreads g / |box| over its box
-          const Acc cells = static_cast<Acc>(pool_window_size(row));
-          for (int64_t d = 0; d < n; ++d) share[d] = static_cast<Acc>(g[d]) / cells;
-          pool_for_each_cell(row, frame_table, height, width, [&](int64_t cell) {
-            Acc* __restrict__ dst = grad_x + cell * channels + d0;
-            for (int64_t d = 0; d < n; ++d) dst[d] += share[d];
-          });
-          continue;
-        }
-        // A max sends g to the cell the forward chose: the first maximum in scan order (or the
-        // last NaN), per channel.
-        std::fill(best.begin(), best.begin() + n, -std::numeric_limits<Acc>::infinity());
-        std::fill(best_row.begin(), best_row.begin() + n,
-                  pool_window_row(row, frame_table, height, width, 0));
-        pool_for_each_cell(row, frame_table, height, width, [&](int64_t cell) {
-          const T* value = x + cell * channels + d0;
-          for (int64_t d = 0; d < n; ++d) {
-            const Acc v = static_cast<Acc>(value[d]);
-            if (pool_max_takes(best[d], v)) best[d] = v, best_row[d] = cell;
-          }
-        });
-        for (int64_t d = 0; d < n; ++d) {
-          grad_x[best_row[d] * channels + d0 + d] += static_cast<Acc>(g[d]);
-        }
-      }
-    }
-  });
-}
 }  // namespace
-
-void pool_backward_cpu(const void* grad, const void* x, int scalar_type, const int64_t* plan,
-                       int64_t num_tokens, const int64_t* frame_table, int64_t height,
-                       int64_t width, int64_t channels, void* grad_x) {
-  switch (scalar_type) {
-    case kPoolDouble:
-      return pool_backward_tokens<double, double>(
-          static_cast<const double*>(grad), static_cast<const double*>(x), plan, num_tokens,
-          frame_table, height, width, channels, static_cast<double*>(grad_x));
-    case kPoolHalf:
-      return pool_backward_tokens<c10::Half, float>(
-          static_cast<const c10::Half*>(grad), static_cast<const c10::Half*>(x), plan,
-          num_tokens, frame_table, height, width, channels, static_cast<float*>(grad_x));
-    case kPoolBFloat16:
-      return pool_backward_tokens<c10::BFloat16, float>(
-          static_cast<const c10::BFloat16*>(grad), static_cast<const c10::BFloat16*>(x), plan,
-          num_tokens, frame_table, height, width, channels, static_cast<float*>(grad_x));
-    default:
-      return pool_backward_tokens<float, float>(
-          static_cast<const float*>(grad), static_cast<const float*>(x), plan, num_tokens,
-          frame_table, height, width, channels, static_cast<float*>(grad_x));
-  }
-}
 
 void pool_cpu(const void* x, int scalar_type, const int64_t* plan, int64_t num_tokens,
               const int64_t* frame_table, int64_t height, int64_t width, int64_t channels,

@@ -69,13 +69,28 @@ inline Visits visits_by_block(const int64_t* plan, int64_t num_tokens,
 }
 
 // Work items: contiguous block ranges (balanced by cells read), each walked by one thread in
-// memory order like a streaming reduction, times channel chunks when there are fewer blocks
+// memory order like a streaming reduction, times channel chunks when there are fewer ranges
 // than threads. (Chunking channels to keep a block in L2 was measured slower: a thread reading
 // part of every cell makes the L2 streamer fetch the rest.)
+//
+// The ranges are fixed by the plan, not by the thread count: a token visited in several ranges
+// is summed range by range and the partials are added in range order, so where the ranges
+// split decides the rounding. kRanges of them, whatever the threads, keep results bit-identical
+// for any thread count (channel chunks do not change any channel's order); more threads than
+// ranges split channels. Each range adds a partial per spanning token (a temporal mean's), so
+// more ranges cost memory traffic: 8 measured slower than 4 and 2 on the 2-core CI machine,
+// 4 keeps up to four threads on whole rows.
+constexpr int64_t kRanges = 4;
+
+// Below this many elements read (cells x channels), waking a second thread costs more than it
+// saves (ATen's GRAIN_SIZE); the results are the same either way.
+constexpr int64_t kSerialWork = 32768;
+
 struct Partition {
   std::vector<int64_t> range_begin;  // [ranges + 1] block bounds
   std::vector<int64_t> range_of;     // range of each block
   int64_t chunk = 0, chunks = 0;     // channels per chunk, number of chunks
+  int64_t threads = 1;               // threads worth waking
 
   int64_t ranges() const { return static_cast<int64_t>(range_begin.size()) - 1; }
   int64_t items() const { return ranges() * chunks; }
@@ -94,7 +109,9 @@ inline Partition partition(const Visits& visits, const int64_t* plan, int64_t ch
     }
   }
   Partition part;
-  const int64_t ranges = std::max<int64_t>(1, std::min(threads, blocks));
+  if (work[blocks] * channels < kSerialWork) threads = 1;
+  part.threads = threads;
+  const int64_t ranges = std::max<int64_t>(1, std::min(kRanges, blocks));
   part.range_begin.assign(ranges + 1, blocks);
   part.range_of.resize(blocks);
   for (int64_t r = 0, b = 0; r < ranges; ++r) {
@@ -111,18 +128,23 @@ inline Partition partition(const Visits& visits, const int64_t* plan, int64_t ch
 }
 
 // Partial sums (or maxima) of the tokens visited more than once by a work item, from their
-// first visit to their last; slots are reused, so memory follows the tokens in flight.
+// first visit to their last; slots are reused, so memory follows the tokens in flight. Tokens
+// are known by their index among the tokens with several visits (`id`), so an item's state is
+// sized by those, not by every token of the plan.
 template <typename Acc>
 struct LiveTokens {
   int64_t width = 0;
+  const int64_t* id = nullptr;  // per token: index among multi-visit tokens, or -1
   std::vector<Acc> values;
   std::vector<int64_t> free_slots;
-  std::vector<int64_t> slot_of, visits_left;  // per token; slot -1 = none
+  std::vector<int64_t> slot_of, visits_left;  // per multi-visit token; slot -1 = none
 
   LiveTokens() = default;
-  LiveTokens(int64_t num_tokens, int64_t width)
-      : width(width), slot_of(num_tokens, -1), visits_left(num_tokens, 0) {}
+  LiveTokens(const int64_t* id, int64_t multi_tokens, int64_t width)
+      : width(width), id(id), slot_of(multi_tokens, -1), visits_left(multi_tokens, 0) {}
 
+  int64_t slot(int64_t token) const { return slot_of[id[token]]; }
+  bool live(int64_t token) const { return id[token] >= 0 && slot_of[id[token]] >= 0; }
   Acc* start(int64_t token) {
     int64_t slot;
     if (free_slots.empty()) {
@@ -132,7 +154,7 @@ struct LiveTokens {
       slot = free_slots.back();
       free_slots.pop_back();
     }
-    slot_of[token] = slot;
+    slot_of[id[token]] = slot;
     return values.data() + slot * width;
   }
   // Slots for tokens first, ..., first + count - 1, consecutive so that their partial results
@@ -140,14 +162,14 @@ struct LiveTokens {
   Acc* start_run(int64_t first, int64_t count) {
     const int64_t slot = static_cast<int64_t>(values.size()) / width;
     values.resize(values.size() + count * width);
-    for (int64_t i = 0; i < count; ++i) slot_of[first + i] = slot + i;
+    for (int64_t i = 0; i < count; ++i) slot_of[id[first + i]] = slot + i;
     return values.data() + slot * width;
   }
-  Acc* find(int64_t token) { return values.data() + slot_of[token] * width; }
-  bool last_visit(int64_t token) { return --visits_left[token] == 0; }
+  Acc* find(int64_t token) { return values.data() + slot(token) * width; }
+  bool last_visit(int64_t token) { return --visits_left[id[token]] == 0; }
   void release(int64_t token) {
-    free_slots.push_back(slot_of[token]);
-    slot_of[token] = -1;
+    free_slots.push_back(slot(token));
+    slot_of[id[token]] = -1;
   }
 };
 

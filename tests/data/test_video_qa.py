@@ -29,7 +29,7 @@ def _measured_answer(video: torch.Tensor, kind: str) -> str:
         if abs(d_col) > abs(d_row):
             return "right" if d_col > 0 else "left"
         return "down" if d_row > 0 else "up"
-    side = video.shape[-1] // 8
+    side = video.shape[-1] // 4
     return COUNTS[round(int(moving[0].sum()) / side**2) - 1]
 
 

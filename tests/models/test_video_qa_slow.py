@@ -18,12 +18,12 @@ CHANCE = (1 / 4 + 1 / 4 + 1 / 3) / 3  # colour, direction, count: equally many q
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["stllm", "minigpt4_video"])
 def test_stllm_and_minigpt4_video_learn_the_synthetic_set(tmp_path, task):
-    """A few hundred steps on CPU: held-out answer accuracy well above chance (0.28)."""
+    """600 steps on CPU (a few minutes): held-out answer accuracy well above chance (0.28)."""
     out = tmp_path / task
-    assert main([task, "--steps", "300", "--batch-size", "16", "--lr", "2e-3",
+    assert main([task, "--steps", "600", "--batch-size", "16", "--lr", "1e-3",
                  "--out", str(out), "--no-progress"]) == 0
     final = json.loads((out / "history.json").read_text())["eval"][-1]
-    assert final["accuracy"] > CHANCE + 0.25, final
+    assert final["accuracy"] > CHANCE + 0.2, final
 
 
 def _torchrun(tmp_path, parallel: str) -> dict[str, torch.Tensor]:

@@ -1,6 +1,5 @@
 """The presets against plain-torch transcriptions of the seeds' code (../shared/notes/seeds.md
 1a, 4a, 5a, 5b) and against transformers' LlavaNextVideoPooler."""
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -25,20 +24,44 @@ def test_st_llm_global_local(frames, num_local):
     assert_close(global_, v.mean(1))
 
 
-@pytest.mark.parametrize("frames", [50, 10, 7])
-def test_slowfast(frames):
+def seed_slowfast(features: torch.Tensor, num_slowpath: int = 10, fast=(4, 4)) -> torch.Tensor:
+    """slowfast_llava/llava/model/llava_arch.py prepare_slowfast with temporal_aggregation
+    'slowfast-slow_{n}frms_spatial_1d_max_pool-fast_4x4' on one video's [T, N, D] features."""
+    t, n, d = features.shape
+    slowpath_idx = torch.linspace(0, t, num_slowpath + 1)
+    slowpath_idx = slowpath_idx.to(torch.int32).tolist()
+    slowpath_idx.pop()
+    slow = nn.MaxPool1d(kernel_size=2, stride=2)(features[slowpath_idx].transpose(1, 2))
+    slow = slow.transpose(1, 2).reshape(-1, d)
+    n0 = n1 = int(n ** 0.5)
+    grid = features.permute(2, 0, 1).reshape(d, t, n0, n1)  # 't (n0 n1) d -> d t n0 n1'
+    fast = nn.AdaptiveAvgPool2d(fast)(grid).permute(1, 2, 3, 0).reshape(-1, d)
+    return torch.cat([slow, fast])
+
+
+@pytest.mark.parametrize("frames, slow", [(50, 10), (10, 10), (7, 10), (2, 14), (23, 33)])
+def test_slowfast(frames, slow):
     feats = torch.randn(2, frames, 24, 24, 16)
-    tokens = slowfast(feats)
-    expected = []
-    for f in feats:  # slowfast_llava/llava/model/llava_arch.py: slow first, then fast
-        idx = np.linspace(0, frames, 11).astype(int)[:-1]
-        slow = nn.MaxPool1d(2, 2)(f[idx].flatten(1, 2).transpose(1, 2)).transpose(1, 2)
-        fast = nn.AdaptiveAvgPool2d((4, 4))(f.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-        expected.append(torch.cat([slow.reshape(-1, 16), fast.reshape(-1, 16)]))
-    expected = torch.stack(expected)
-    assert tokens.shape == (2, 10 * 288 + frames * 16, 16)
-    assert_exact(tokens[:, :2880], expected[:, :2880])  # max pooling is exact
+    tokens = slowfast(feats, slow_frames=slow)
+    expected = torch.stack([seed_slowfast(f.flatten(1, 2), slow) for f in feats])
+    assert tokens.shape == expected.shape == (2, slow * 288 + frames * 16, 16)
+    assert_exact(tokens[:, :slow * 288], expected[:, :slow * 288])  # max pooling is exact
     assert_close(tokens, expected)
+
+
+def test_slowfast_picks_the_seeds_slow_frames_for_every_length():
+    # The seed computes its frame indices in float32 (torch.linspace); for some n >= 14 they
+    # are not floor(i * T / n) nor NumPy's. Frame t holds the value t, so the slow tokens name
+    # the frames the preset read.
+    differs = 0
+    for t in range(1, 41):
+        x = torch.arange(t, dtype=torch.float32).view(1, t, 1, 1, 1).expand(1, t, 1, 2, 1)
+        for n in range(1, 41):
+            picked = slowfast(x.contiguous(), slow_frames=n, fast_grid=(1, 1))[0, :n, 0]
+            seed = torch.linspace(0, t, n + 1).to(torch.int32).tolist()[:-1]
+            assert picked.tolist() == seed, (t, n)
+            differs += seed != [int(i * (t / n)) for i in range(n)]
+    assert differs > 0  # the range holds pairs where a float64 rule would pick other frames
 
 
 def test_video_chatgpt():
@@ -70,6 +93,19 @@ def test_llava_next_video_matches_transformers_pooler():
 def test_minigpt4_video_concatenates_horizontal_strips():
     f = torch.randn(6, 256, 1408)  # mini_gpt4_llama_v2.py: f.view(B*F, 64, 5632)
     assert_exact(minigpt4_video(f), f.view(6, 64, 5632))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x: slowfast(x, slow_frames=0), "slowfast: slow_frames must be >= 1"),
+    (lambda x: slowfast(x, slow_pool=(1, 0)), "slowfast: slow_pool must be >= 1"),
+    (lambda x: slowfast(x, fast_grid=4), "slowfast: fast_grid must be a pair of ints"),
+    (lambda x: llava_next_video(x, stride=0), "llava_next_video: stride must be >= 1"),
+    (lambda x: llava_next_video(x, stride=2.0), "llava_next_video: stride must be an int"),
+    (lambda x: st_llm_global_local(x, 0), "st_llm_global_local: num_local must be >= 1"),
+])
+def test_preset_arguments_are_checked(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(torch.randn(1, 4, 4, 4, 2))
 
 
 def test_presets_are_differentiable():

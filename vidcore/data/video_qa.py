@@ -77,8 +77,8 @@ class SyntheticVideoQA(torch.utils.data.Dataset):
     def _render(self, rng: torch.Generator, rgb: tuple[int, int, int], direction: str,
                 moving: int, still: int) -> Tensor:
         size, frames = self.frame_size, self.num_frames
-        side = max(2, size // 8)
-        video = torch.randint(0, 40, (frames, 3, size, size), generator=rng, dtype=torch.uint8)
+        side = max(2, size // 4)
+        video = torch.randint(0, 24, (frames, 3, size, size), generator=rng, dtype=torch.uint8)
         for _ in range(still):  # grey distractors, the same in every frame
             row, col = (int(torch.randint(size - side, (), generator=rng)) for _ in range(2))
             video[:, :, row:row + side, col:col + side] = 150

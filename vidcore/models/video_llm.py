@@ -86,8 +86,9 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
     def from_parts(cls, *, vision_model: str | os.PathLike | PreTrainedModel,
                    language_model: str | os.PathLike | PreTrainedModel, **config_kwargs):
         """A model whose vision tower and LM come from local checkpoints (directories) or
-        loaded models; the rest (projector, Q-Former, ...) is initialised from the config."""
-        vision = _load(AutoModel, vision_model)
+        loaded models (a CLIP / SigLIP dual encoder gives its vision half); the rest
+        (projector, Q-Former, ...) is initialised from the config."""
+        vision = _vision_tower(_load(AutoModel, vision_model))
         text = _load(AutoModelForCausalLM, language_model)
         config = cls.config_class(vision_config=vision.config.to_dict(),
                                   text_config=text.config.to_dict(), **config_kwargs)
@@ -187,6 +188,33 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
         no masking (inference). Implemented by each model."""
         raise NotImplementedError
 
+    def _training_forward(self, input_ids: Tensor, labels: Tensor, layout: SequenceLayout,
+                          features: Tensor, mask_seed: int | None) -> VideoQAOutput:
+        """The forward with labels (see the module docstring). Implemented by each model."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: Tensor | None = None, pixel_values_videos: Tensor | None = None,
+                attention_mask: Tensor | None = None, labels: Tensor | None = None, *,
+                video_features: Tensor | None = None,
+                sequence_layout: SequenceLayout | None = None, mask_seed: int | None = None,
+                position_ids: Tensor | None = None, past_key_values=None,
+                inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | Tensor = 0, **kwargs) -> VideoQAOutput:
+        """LlavaNextVideo's interface. `video_features`: the vision tower's outputs [B, T, P, Dv]
+        instead of frames; `sequence_layout`: the collate function's host-side plan (else derived
+        from input_ids); `mask_seed`: fixes a training forward's dynamic mask (ST-LLM; default:
+        torch's RNG)."""
+        has_video = pixel_values_videos is not None or video_features is not None
+        features = self.encode_frames(pixel_values_videos, video_features) if has_video else None
+        if labels is None:
+            return self._inference_forward(input_ids, features, attention_mask, position_ids,
+                                           past_key_values, inputs_embeds, use_cache,
+                                           logits_to_keep, **kwargs)
+        if features is None or input_ids is None:
+            raise ValueError("a training forward (labels given) needs input_ids and a video")
+        layout = self.layout_for(input_ids, attention_mask, sequence_layout)
+        return self._training_forward(input_ids, labels, layout, features, mask_seed)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False,
                                       **kwargs):
         """transformers drops pixel_values_videos after the prefill; do the same for
@@ -218,6 +246,16 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
                                   position_ids=position_ids, past_key_values=past_key_values,
                                   use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         return VideoQAOutput(logits=out.logits, past_key_values=out.past_key_values)
+
+
+def _vision_tower(model: PreTrainedModel) -> PreTrainedModel:
+    """The vision half of a dual-encoder checkpoint (CLIPModel, SiglipModel: a `vision_model`
+    beside a text model) as its own vision model; any other model as it is."""
+    if not (hasattr(model.config, "vision_config") and hasattr(model, "vision_model")):
+        return model
+    tower = AutoModel.from_config(model.config.vision_config)
+    tower.load_state_dict(model.vision_model.state_dict())
+    return tower
 
 
 def _load(auto_class, source):

@@ -56,19 +56,20 @@ class _EvalCollator(VideoQACollator):
         return {**super().__call__(samples), "kinds": [s.kind for s in samples]}
 
 
-def video_qa_task(name: str, model_class, processor_class,
-                  tiny_config: Callable[..., object]) -> TrainTask:
+def video_qa_task(name: str, model_class, processor_class, tiny_config: Callable[..., object],
+                  **settings) -> TrainTask:
     """A TrainTask for a video-QA model on SyntheticVideoQA. `tiny_config(vocab_size,
-    video_token_index, frame_size=..., width=...)` gives the tiny default configuration."""
+    video_token_index, frame_size=..., width=..., **settings)` gives the default model."""
 
     def config(args):
         tokenizer = args.processor.tokenizer
         return tiny_config(len(tokenizer), args.processor.video_token_index,
-                           frame_size=args.frame_size, width=args.width)
+                           frame_size=args.frame_size, width=args.width, **settings)
 
     def build_processor(args):
         tokenizer = synthetic_tokenizer(processor_class)
-        probe = tiny_config(len(tokenizer), 0, frame_size=args.frame_size, width=args.width)
+        probe = tiny_config(len(tokenizer), 0, frame_size=args.frame_size, width=args.width,
+                            **settings)
         return processor_class.for_model(tokenizer, probe, num_frames=args.num_frames)
 
     def build_model(args):

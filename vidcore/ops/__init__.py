@@ -14,6 +14,7 @@ from vidcore.ops.interleave_pack import (
 from vidcore.ops.merge_attention_states import merge_attention_states
 from vidcore.ops.multi_source_attention import multi_source_attention
 from vidcore.ops.pool import PooledTokens, merge_tokens, pool
+from vidcore.ops.pool_cache import pool_cache
 from vidcore.ops.pool_presets import (
     llava_next_video,
     minigpt4_video,
@@ -21,7 +22,7 @@ from vidcore.ops.pool_presets import (
     st_llm_global_local,
     video_chatgpt,
 )
-from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View
+from vidcore.ops.pool_views import Adaptive, Linspace, SegmentCentres, Stride, Uniform, View
 from vidcore.ops.token_mask import PositionIds, TokenMask, draw_ratios, make_mask
 from vidcore.ops.token_pack import mask_and_pack, pack, unpack
 from vidcore.ops.unit_keys import unit_keys
@@ -36,9 +37,12 @@ __all__ = [
     "PooledTokens",
     "View",
     "Uniform",
+    "Linspace",
     "SegmentCentres",
+    "Stride",
     "Adaptive",
     "merge_tokens",
+    "pool_cache",
     "st_llm_global_local",
     "slowfast",
     "video_chatgpt",
@@ -73,6 +77,8 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "unpack_fill_grad": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
+    "mask_and_pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pool_backward": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "interleave_pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},

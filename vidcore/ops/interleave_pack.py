@@ -12,7 +12,6 @@ from torch import Tensor
 
 from vidcore import reference
 from vidcore.ops._validation import check_backend, check_int, check_tensor
-from vidcore.ops.token_mask import _to_device
 
 __all__ = ["InterleavePlan", "InterleavedBatch", "plan_interleave", "interleave_pack"]
 
@@ -137,6 +136,13 @@ def interleave_pack(
         text.contiguous(), visual.contiguous(), plan.segment_table, text_labels, total)
     return InterleavedBatch(embeds, plan.cu_seqlens, plan.max_seqlen, position_ids, labels,
                             plan.visual_spans, visual_index)
+
+
+def _to_device(host: Tensor, device: torch.device | str | None) -> Tensor:
+    """Host metadata -> device; to CUDA through pinned memory, asynchronously (no host sync)."""
+    if device is None or torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _host_segments(segments: object) -> Tensor:

@@ -2,46 +2,58 @@
 input, SlowFast-LLaVA, Video-ChatGPT, LLaVA-NeXT-Video and MiniGPT4-Video token layouts."""
 from __future__ import annotations
 
-import dataclasses
-import functools
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from vidcore import reference
 from vidcore.ops._validation import check_backend, check_int, check_tensor
-from vidcore.ops.pool_views import (
-    Adaptive,
-    SegmentCentres,
-    Uniform,
-    View,
-    lower_views,
-    select_frames,
-)
+from vidcore.ops.pool_cache import PoolPlan, pool_cache
+from vidcore.ops.pool_views import View, check_selection, check_view, lower_views
 
 __all__ = ["pool", "PooledTokens", "merge_tokens"]
 
 _OP = "pool"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_METADATA = ("cu_seqlens", "frame_index", "row", "col", "view")
 
 
-@dataclass(frozen=True, eq=False)
 class PooledTokens:
-    """tokens: [B, L, D] when every video has the same length L, else packed [sum L_b, D].
-    cu_seqlens [B + 1] int32 and max_seqlen delimit videos in the packed order. Per token (in
-    packed order, int32): frame_index (first frame of its temporal window, within its video),
-    row and col (in its view's pooled grid) and view (index into `views`)."""
+    """tokens: [B, L, D] when x is [B, T, H, W, D] (every video has the same length L), else
+    packed [sum L_b, D]. cu_seqlens [B + 1] int32 and max_seqlen delimit videos in the packed
+    order. Per token (in packed order, int32): frame_index (first frame of its temporal window,
+    within its video), row and col (in its view's pooled grid) and view (index into `views`).
 
-    tokens: Tensor
-    cu_seqlens: Tensor
-    max_seqlen: int
-    frame_index: Tensor
-    row: Tensor
-    col: Tensor
-    view: Tensor
+    The metadata is the caller's own: each field is copied from the plan cache the first time it
+    is read (and kept), so editing it in place changes nothing else, and a caller who reads only
+    `tokens` pays for no copy."""
+
+    __slots__ = ("_own", "_shared", "max_seqlen", "tokens")
+
+    def __init__(self, tokens: Tensor, cu_seqlens: Tensor, max_seqlen: int, frame_index: Tensor,
+                 row: Tensor, col: Tensor, view: Tensor) -> None:
+        self.tokens, self.max_seqlen = tokens, max_seqlen
+        self._shared = dict(zip(_METADATA, (cu_seqlens, frame_index, row, col, view),
+                                strict=True))
+        self._own: dict[str, Tensor] = {}
+
+    def _field(self, name: str) -> Tensor:
+        own = self._own.get(name)
+        if own is None:
+            own = self._own[name] = self._shared[name].clone()
+        return own
+
+    cu_seqlens = property(lambda self: self._field("cu_seqlens"))
+    frame_index = property(lambda self: self._field("frame_index"))
+    row = property(lambda self: self._field("row"))
+    col = property(lambda self: self._field("col"))
+    view = property(lambda self: self._field("view"))
+
+    def __repr__(self) -> str:
+        return (f"PooledTokens(tokens={self.tokens.dtype}{tuple(self.tokens.shape)}, "
+                f"max_seqlen={self.max_seqlen}, videos={self._shared['cu_seqlens'].numel() - 1})")
 
 
 def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor | None = None,
@@ -50,29 +62,36 @@ def pool(x: Tensor, views: Sequence[View], *, num_frames: Sequence[int] | Tensor
 
     Args:
         x: [B, T, H, W, D], or ragged [sum T_b, H, W, D] with `num_frames` (B host ints).
+            Empty sizes work: B = 0, T_b = 0, H or W = 0 (views that reduce the grid then raise)
+            and D = 0 give the tokens that exist, possibly none.
         views: View(frames, temporal, spatial, mode) per output view; tokens of a video come
-            view after view, each in (temporal window, row, col) order.
+            view after view, each in (temporal window, row, col) order. Checked on every call.
         backend: "auto" (the device's fast kernel) or "torch" (the reference).
     Returns:
-        PooledTokens. Differentiable in x (mean, max, copy).
-    Backends: CPU -> csrc/cpu/pool.cpp; CUDA -> csrc/cuda/pool.cu (one launch); else reference.
+        PooledTokens. Differentiable in x (mean, max, copy); max follows torch's max pooling
+        (first maximum in scan order, last NaN), and gradients are computed as a gather, so they
+        are bit-identical run to run and for any CPU thread count, like the forward.
+    Backends: CPU -> csrc/cpu/pool.cpp (backward: pool_backward.cpp); CUDA ->
+    csrc/cuda/pool.cu, one launch (backward: pool_backward.cu, two); else the reference.
+    Lowered views are cached on x's device: see `vidcore.ops.pool_cache`.
     """
     check_backend(_OP, backend)
     frames = _check_layout(x, num_frames)
-    height, width = x.shape[-3], x.shape[-2]
-    if isinstance(views, View) or not isinstance(views, Sequence) or not views:
+    if isinstance(views, (View, str)) or not isinstance(views, Sequence) or not views:
         raise ValueError(f"{_OP}: views must be a non-empty sequence of View, got {views!r}")
-    # Under torch.compile the lowering is traced (and baked into the graph) instead of cached.
-    lower = _plan.__wrapped__ if torch.compiler.is_compiling() else _plan
-    views = tuple(_hashable(i, v) for i, v in enumerate(views))
-    plan, table, per_token, cu_seqlens, max_seqlen = lower(views, tuple(frames), height, width,
-                                                           x.device)
-    rows = x.reshape(-1, height, width, x.shape[-1])
-    fn = reference.pool if backend == "torch" else _pool
-    tokens = fn(rows if rows.is_contiguous() else rows.contiguous(), plan, table)
+    views = tuple(check_view(_OP, i, v) for i, v in enumerate(views))
+    height, width, channels = x.shape[-3], x.shape[-2], x.shape[-1]
+    plan = _lower(views, tuple(frames), height, width, x.device)
+    rows = x.reshape(sum(frames), height, width, channels)
+    if backend == "torch":
+        tokens = reference.pool(rows, plan.plan, plan.table, validate=False)
+    else:
+        tokens = _pool(rows if rows.is_contiguous() else rows.contiguous(), plan.plan, plan.table)
     if x.dim() == 5:
-        tokens = tokens.view(x.shape[0], -1, x.shape[-1])
-    return PooledTokens(tokens, cu_seqlens, max_seqlen, *per_token)
+        per_video = plan.lengths[0] if plan.lengths else \
+            _lower(views, (x.shape[1],), height, width, x.device).lengths[0]
+        tokens = tokens.view(x.shape[0], per_video, channels)
+    return PooledTokens(tokens, plan.cu_seqlens, plan.max_seqlen, *plan.meta.unbind(0))
 
 
 def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
@@ -87,33 +106,20 @@ def merge_tokens(x: Tensor, group: int = 4) -> Tensor:
     return x.reshape(*x.shape[:-2], x.shape[-2] // group, group * x.shape[-1])
 
 
-def _hashable(index: int, view: View) -> View:
-    """The view with list-valued fields as tuples, so that it can key the plan cache."""
-    if not isinstance(view, View):
-        raise TypeError(f"{_OP}: views[{index}] must be a View, got {type(view).__name__}")
-    frames, spatial = view.frames, view.spatial
-    if not isinstance(frames, (str, Uniform, SegmentCentres)):
-        frames = tuple(int(f) for f in frames)
-    if isinstance(spatial, list):
-        spatial = tuple(spatial)
-    if frames is view.frames and spatial is view.spatial:
-        return view  # already hashable: no copy on this per-call path
-    return dataclasses.replace(view, frames=frames, spatial=spatial)
+def _lower(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: int,
+           device: torch.device) -> PoolPlan:
+    """The checked views' plan on x's device, from the plan cache (so repeated calls skip the
+    host work and copies); under torch.compile it is traced (and baked into the graph)."""
+    def build() -> PoolPlan:
+        check_selection(_OP, views, frames, height, width)
+        plan, table, meta, lengths = lower_views(views, frames, height, width)
+        cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+        return PoolPlan(plan.to(device), table.to(device), meta.to(device),
+                        cu_seqlens.to(device), max(lengths, default=0), tuple(lengths))
 
-
-@functools.lru_cache(maxsize=64)
-def _plan(views: tuple[View, ...], frames: tuple[int, ...], height: int, width: int,
-          device: torch.device) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, int]:
-    """Checked views lowered to device tensors, once per (views, frame counts, grid, device):
-    repeated calls (every training step) skip the host work and the host-to-device copies, and
-    a cached call issues no copy at all (it can run inside CUDA-graph capture)."""
-    _check_views(views, list(frames))
-    plan, table, meta, lengths = lower_views(views, frames, height, width)
-    if plan.shape[0] == 0:
-        raise ValueError(f"{_OP}: views yield no tokens for num_frames {list(frames)}")
-    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-    per_token = meta.to(device).unbind(1)  # frame_index, row, col, view
-    return plan.to(device), table.to(device), per_token, cu_seqlens.to(device), max(lengths)
+    if torch.compiler.is_compiling():
+        return build()
+    return pool_cache.get((views, frames, height, width, device), build)
 
 
 def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[int]:
@@ -124,7 +130,14 @@ def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[
         return [x.shape[1]] * x.shape[0]
     if num_frames is None:
         raise ValueError(f"{_OP}: ragged x [sum T_b, H, W, D] needs num_frames")
-    frames = num_frames.tolist() if isinstance(num_frames, Tensor) else list(num_frames)
+    if isinstance(num_frames, Tensor):
+        if num_frames.is_floating_point() or num_frames.dim() != 1 \
+                or num_frames.device.type != "cpu":
+            raise ValueError(f"{_OP}: num_frames as a tensor must be a 1-D integer CPU tensor "
+                             f"(host metadata), got {num_frames.dtype} {tuple(num_frames.shape)} "
+                             f"on {num_frames.device}")
+        num_frames = num_frames.tolist()
+    frames = list(num_frames)
     for t in frames:
         check_int(_OP, "num_frames", t, minimum=0)
     if sum(frames) != x.shape[0]:
@@ -133,31 +146,10 @@ def _check_layout(x: Tensor, num_frames: Sequence[int] | Tensor | None) -> list[
     return frames
 
 
-def _check_views(views: Sequence[View], frames: list[int]) -> None:
-    for i, view in enumerate(views):
-        if view.mode not in ("avg", "max"):
-            raise ValueError(f"{_OP}: views[{i}].mode must be 'avg' or 'max', got {view.mode!r}")
-        if isinstance(view.frames, (Uniform, SegmentCentres)):
-            check_int(_OP, f"views[{i}].frames.n", view.frames.n, minimum=1)
-        temporal, spatial = view.temporal, view.spatial
-        if temporal not in (None, "mean"):
-            check_int(_OP, f"views[{i}].temporal", temporal, minimum=1)
-        if isinstance(spatial, Adaptive):
-            check_int(_OP, f"views[{i}].spatial.h", spatial.h, minimum=1)
-            check_int(_OP, f"views[{i}].spatial.w", spatial.w, minimum=1)
-        elif spatial not in (None, "mean"):
-            if not (isinstance(spatial, tuple) and len(spatial) == 2):
-                raise ValueError(f"{_OP}: views[{i}].spatial must be None, 'mean', (kh, kw) or "
-                                 f"Adaptive(h, w), got {spatial!r}")
-            for size in spatial:
-                check_int(_OP, f"views[{i}].spatial", size, minimum=1)
-        for t in frames:
-            selected = select_frames(view.frames, t)
-            if any(not 0 <= f < t for f in selected):
-                raise ValueError(f"{_OP}: views[{i}] selects frames {selected} outside a video "
-                                 f"of {t} frames")
-
-
+# Direct calls (torch.compile graphs, export, other frontends) reach the kernels with plans nobody
+# checked: the C++ CPU kernels check every plan row and frame-table entry (RuntimeError), the
+# CUDA kernels assert them on the device, and this default implementation (other devices, or no
+# vidcore._C) checks them in reference.pool. See csrc/include/vidcore/pool.h for the contract.
 @torch.library.custom_op("vidcore::pool", mutates_args=())
 def _pool(x: Tensor, plan: Tensor, frame_table: Tensor) -> Tensor:
     return reference.pool(x, plan, frame_table)

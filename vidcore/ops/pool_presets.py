@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from vidcore.ops._validation import check_int, check_tensor
 from vidcore.ops.pool import merge_tokens, pool
-from vidcore.ops.pool_views import Adaptive, SegmentCentres, Uniform, View
+from vidcore.ops.pool_views import Adaptive, Linspace, SegmentCentres, View
 
 __all__ = ["st_llm_global_local", "slowfast", "video_chatgpt", "llava_next_video",
            "minigpt4_video"]
@@ -25,6 +26,8 @@ def st_llm_global_local(x: Tensor, num_local: int = 16, *, backend: str = "auto"
     Returns: (local [B, num_local * N, D], global [B, N, D]); ST-LLM adds MLP(global) to each
     local frame. Videos so short that a centre index reaches T raise ValueError (the seed would
     index out of range)."""
+    check_tensor("st_llm_global_local", "x", x, dims=(4, 5))
+    check_int("st_llm_global_local", "num_local", num_local, minimum=1)
     grid = _grid(x)
     tokens = pool(grid, [View(frames=SegmentCentres(num_local)), View(temporal="mean")],
                   backend=backend).tokens
@@ -34,12 +37,20 @@ def st_llm_global_local(x: Tensor, num_local: int = 16, *, backend: str = "auto"
 
 def slowfast(x: Tensor, slow_frames: int = 10, slow_pool: tuple[int, int] = (1, 2),
              fast_grid: tuple[int, int] = (4, 4), *, backend: str = "auto") -> Tensor:
-    """SlowFast-LLaVA: slow = `slow_frames` frames at int(linspace(0, T, n + 1))[:-1] with
-    max-pooled (1, 2) windows (MaxPool1d(2) over raster tokens); fast = every frame
-    adaptive-avg-pooled to `fast_grid`. x [B, T, H, W, D] -> [B, slow + fast tokens, D].
-    For odd W the seed's MaxPool1d pairs tokens across rows; here border windows shrink instead
-    (the two agree for even W, e.g. the seed's 24 x 24)."""
-    views = [View(frames=Uniform(slow_frames), spatial=tuple(slow_pool), mode="max"),
+    """SlowFast-LLaVA: slow = `slow_frames` frames picked by the seed's own rule,
+    `torch.linspace(0, T, n + 1).to(torch.int32)[:-1]` (Linspace(n): float32, so for some
+    n >= 14 not Uniform(n)'s frames), with max-pooled (1, 2) windows (MaxPool1d(2) over raster
+    tokens); fast = every frame adaptive-avg-pooled to `fast_grid`.
+    x [B, T, H, W, D] -> [B, slow + fast tokens, D]. For odd W the seed's MaxPool1d pairs tokens
+    across rows; here border windows shrink instead (the two agree for even W, e.g. the seed's
+    24 x 24)."""
+    check_int("slowfast", "slow_frames", slow_frames, minimum=1)
+    for name, pair in (("slow_pool", slow_pool), ("fast_grid", fast_grid)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"slowfast: {name} must be a pair of ints, got {pair!r}")
+        for size in pair:
+            check_int("slowfast", name, size, minimum=1)
+    views = [View(frames=Linspace(slow_frames), spatial=tuple(slow_pool), mode="max"),
              View(spatial=Adaptive(*fast_grid))]
     return pool(x, views, backend=backend).tokens
 
@@ -55,6 +66,8 @@ def llava_next_video(x: Tensor, stride: int = 2, *, backend: str = "auto") -> Te
     """LLaVA-NeXT-Video's average pooling (transformers' LlavaNextVideoPooler, mode 'average'):
     stride x stride windows of every frame. x [B, T, H, W, D] -> [B, T * H/s * W/s, D]. Its
     AvgPool2d drops odd borders, so H and W must be multiples of `stride` here."""
+    check_tensor("llava_next_video", "x", x, dims=(5,))
+    check_int("llava_next_video", "stride", stride, minimum=1)
     if x.shape[-3] % stride or x.shape[-2] % stride:
         raise ValueError(f"llava_next_video: grid {tuple(x.shape[-3:-1])} must be divisible by "
                          f"stride {stride} (LLaVA-NeXT-Video's pooling drops odd borders)")

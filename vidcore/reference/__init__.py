@@ -19,8 +19,11 @@ from vidcore.reference.multi_source_attention import (
 )
 from vidcore.reference.pool import pool, pool_backward, pool_view
 from vidcore.reference.token_mask import (
+    COUNT_RULES,
     PATTERNS,
     make_mask,
+    mask_and_pack,
+    masked_count,
     num_units,
     pack,
     unit_of_token,
@@ -41,9 +44,12 @@ __all__ = [
     "pool_backward",
     "pool_view",
     "PATTERNS",
+    "COUNT_RULES",
     "num_units",
+    "masked_count",
     "unit_of_token",
     "make_mask",
+    "mask_and_pack",
     "pack",
     "unpack",
     "unpack_fill_grad",

@@ -6,3 +6,21 @@
 #else
 #define VIDCORE_HD inline
 #endif
+
+// VIDCORE_KERNEL_ASSERT(cond): a device-side assert that stays on under NDEBUG, like ATen's
+// CUDA_KERNEL_ASSERT (the .cu files are torch-free, so they cannot include c10). A failed assert
+// stops the kernel and surfaces as cudaErrorAssert at the next synchronising call; no host sync.
+#if defined(__CUDACC__)
+extern "C" {
+// Declared exactly as glibc does, so it agrees with <assert.h> included with or without NDEBUG.
+#if defined(__CUDA_ARCH__)
+__host__ __device__
+#endif
+void __assert_fail(const char* assertion, const char* file, unsigned int line,
+                   const char* function) noexcept __attribute__((__noreturn__));
+}
+#define VIDCORE_KERNEL_ASSERT(cond)                                                 \
+  do {                                                                              \
+    if (!(cond)) __assert_fail(#cond, __FILE__, static_cast<unsigned>(__LINE__), __func__); \
+  } while (0)
+#endif
