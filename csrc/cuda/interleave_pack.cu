@@ -6,9 +6,9 @@
 // device-side assert instead of reading or writing out of bounds.
 #include <cassert>
 #include <cstdint>
-#include <initializer_list>
 
 #include "vidcore/interleave_pack.h"
+#include "vidcore/token_pack.h"  // with_row_vector: the widest aligned vector type of a row
 
 // Stays on in release builds, where NDEBUG turns assert() off: a failed check ends the kernel
 // with cudaErrorAssert ("device-side assert triggered"), as torch's CUDA_KERNEL_ASSERT does
@@ -124,28 +124,6 @@ RowLaunch row_launch(int64_t rows, int64_t vecs) {
   return {lanes, unsigned(blocks < (1 << 16) ? blocks : (1 << 16))};
 }
 
-// Bytes of the widest of 16/8/4/2/1-byte vectors that divides row_bytes and aligns every pointer.
-int vector_bytes(int64_t row_bytes, std::initializer_list<const void*> pointers) {
-  for (int width = 16; width > 1; width /= 2) {
-    bool fits = row_bytes % width == 0;
-    for (const void* p : pointers) fits = fits && reinterpret_cast<uintptr_t>(p) % width == 0;
-    if (fits) return width;
-  }
-  return 1;
-}
-
-// Calls fn(Vec{}) with the vector type of `width` bytes.
-template <typename Fn>
-void with_vector(int width, Fn fn) {
-  switch (width) {
-    case 16: fn(uint4{}); break;
-    case 8: fn(uint2{}); break;
-    case 4: fn(uint32_t{}); break;
-    case 2: fn(uint16_t{}); break;
-    default: fn(uint8_t{});
-  }
-}
-
 }  // namespace
 
 cudaError_t launch_interleave_pack(const void* text, const void* visual,
@@ -153,7 +131,7 @@ cudaError_t launch_interleave_pack(const void* text, const void* visual,
                                    InterleaveSizes sizes, int64_t row_bytes,
                                    InterleaveOutputs out, cudaStream_t stream) {
   if (sizes.total == 0) return cudaSuccess;
-  with_vector(vector_bytes(row_bytes, {text, visual, out.embeds}), [&](auto vec) {
+  with_row_vector(row_bytes, {text, visual, out.embeds}, [&](auto vec) {
     using Vec = decltype(vec);
     const int64_t vecs = row_bytes / int64_t(sizeof(Vec));
     const RowLaunch launch = row_launch(sizes.total, vecs);
@@ -170,7 +148,7 @@ cudaError_t launch_interleave_pack_backward(const void* grad_embeds, const int64
                                             void* grad_text, void* grad_visual,
                                             cudaStream_t stream) {
   if (sizes.total == 0 || row_bytes == 0) return cudaSuccess;
-  with_vector(vector_bytes(row_bytes, {grad_embeds, grad_text, grad_visual}), [&](auto vec) {
+  with_row_vector(row_bytes, {grad_embeds, grad_text, grad_visual}, [&](auto vec) {
     using Vec = decltype(vec);
     const int64_t vecs = row_bytes / int64_t(sizeof(Vec));
     const RowLaunch launch = row_launch(sizes.total, vecs);

@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from vidcore.kernels.cosine_consistency_loss import (
+    cosine_consistency_loss_bwd,
+    cosine_consistency_loss_fwd,
+)
 
+from vidcore import reference
 from vidcore.ops import cosine_consistency_loss
 from vidcore.testing import assert_close, opcheck
 
@@ -88,6 +93,48 @@ def test_property_matches_definition(rows, dim, zero_rows, dtype, seed):
     assert_close(loss, loss_by_definition(a, b).to(loss.dtype), dtype=dtype)
 
 
+KERNEL_CASES = [
+    pytest.param((7, 33), 0, id="7x33"),
+    pytest.param((1, 1), 0, id="1x1"),
+    pytest.param((9, 40), 2, id="9x40-zero-rows"),
+    pytest.param((3, 0), 0, id="no-columns"),
+    pytest.param((0, 5), 0, id="no-rows"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # float16 zero rows: inf
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, zero_rows", KERNEL_CASES)
+def test_kernel_matches_reference(shape, zero_rows, dtype, triton_device):
+    a, b = pair(shape, zero_rows, dtype, triton_device)
+    loss = cosine_consistency_loss_fwd(a, b)
+    assert_close(loss, reference.cosine_consistency_loss(a, b), dtype=dtype)
+    grad = torch.tensor(1.7, device=triton_device, dtype=loss.dtype)
+    assert_close(cosine_consistency_loss_bwd(grad, a, b),
+                 reference.cosine_consistency_loss_backward(grad, a, b), dtype=dtype)
+
+
+def test_kernel_reads_row_strided_inputs(triton_device):
+    wide = torch.randn(6, 50, device=triton_device)
+    a, b = wide[:, :37], wide[:, 10:47]  # rows 50 elements apart
+    assert_close(cosine_consistency_loss_fwd(a, b), reference.cosine_consistency_loss(a, b))
+    grad = torch.tensor(1.0, device=triton_device)
+    assert_close(cosine_consistency_loss_bwd(grad, a, b),
+                 reference.cosine_consistency_loss_backward(grad, a, b))
+
+
+@settings(max_examples=15)  # each example runs two kernels in the interpreter on CPU
+@given(rows=st.integers(0, 12), dim=st.integers(0, 40), zero_rows=st.integers(0, 2),
+       seed=st.integers(0, 2**31))
+def test_kernel_property(triton_device, rows, dim, zero_rows, seed):
+    torch.manual_seed(seed)
+    a, b = pair((rows, dim), zero_rows, device=triton_device)
+    assert_close(cosine_consistency_loss_fwd(a, b), reference.cosine_consistency_loss(a, b))
+    grad = torch.tensor(-0.3, device=triton_device)
+    assert_close(cosine_consistency_loss_bwd(grad, a, b),
+                 reference.cosine_consistency_loss_backward(grad, a, b))
+
+
 def test_gradcheck():
     # (rows below eps are not differentiable at gradcheck's step; the backward test covers them)
     a, b = (t.requires_grad_() for t in pair((5, 7), 0, torch.float64))
@@ -136,3 +183,26 @@ def test_bad_input(index, value, error, message):
     args[index] = value
     with pytest.raises(error, match="cosine_consistency_loss: " + message):
         cosine_consistency_loss(*args)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.randn(3, 4), torch.randn(1, 4)), r"b must have the shape of a \(3, 4\)"),
+    ((torch.randn(3, 4), torch.randn(3, 4).half()), r"b must have dtype in \(float32\)"),
+    ((torch.randn(2, 3, 4), torch.randn(2, 3, 4)), "a must be 2-D"),
+    ((torch.randn(4), torch.randn(4)), r"a must be \[N, D\]"),
+])
+def test_direct_calls_with_hostile_arguments_raise(args, message):
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss(*args)
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss_backward(torch.tensor(1.0), *args)
+
+
+@pytest.mark.parametrize("grad, message", [
+    (torch.ones(3), "grad must be 0-d"),
+    (torch.tensor(1.0, dtype=torch.float64), r"grad must have dtype in \(float32\)"),
+])
+def test_direct_backward_calls_with_a_hostile_grad_raise(grad, message):
+    with pytest.raises((ValueError, TypeError), match="cosine_consistency_loss: " + message):
+        torch.ops.vidcore.cosine_consistency_loss_backward(grad, torch.randn(3, 4),
+                                                           torch.randn(3, 4))

@@ -4,11 +4,19 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from vidcore.kernels.multi_source_attention import multi_source_attention_fwd
+from vidcore.kernels.multi_source_attention_backward import multi_source_attention_bwd
 
+from vidcore import reference
 from vidcore.ops import multi_source_attention
-from vidcore.testing import assert_close, assert_no_worse_than_torch, opcheck
+from vidcore.testing import (
+    assert_close,
+    assert_no_worse_than_torch,
+    assert_raises_cleanly,
+    opcheck,
+)
 
 HALF = (torch.float16, torch.bfloat16)
 # (B, H, d, query lengths, key lengths): ActionLLM's three modalities at head dim 4
@@ -95,6 +103,7 @@ def test_backward_matches_autograd_of_seed_way(case, dtype, device):
         assert_accurate(grad, same_dtype, ref)
 
 
+@settings(max_examples=60)  # each example runs up to 9 attention pairs
 @given(batch=st.integers(1, 2), heads=st.integers(1, 2), dim=st.integers(1, 9),
        q_lens=st.lists(st.integers(0, 9), min_size=1, max_size=3),
        k_lens=st.lists(st.integers(0, 9), min_size=1, max_size=3),
@@ -106,6 +115,39 @@ def test_property_matches_seed_way(batch, heads, dim, q_lens, k_lens, scale, see
     assert_close(outs, [o.nan_to_num() for o in seed_way(queries, keys, values, scale)])
 
 
+# Tiny on CPU: the interpreter runs every program in Python.
+KERNEL_CASES = [
+    pytest.param((1, 2, 4, (5, 3, 1), (6, 2, 3)), id="actionllm-3x3-d4"),
+    pytest.param((2, 1, 20, (17,), (0, 9)), id="d20-empty-key-source-two-blocks"),
+    pytest.param((1, 1, 1, (1, 0), (1,)), id="d1-ones-empty-query-source"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_kernel_matches_reference(case, dtype, triton_device):
+    queries, keys, values = sources(case, dtype, triton_device)
+    outs, lse, partials = multi_source_attention_fwd(queries, keys, values, 0.6)
+    ref_outs, ref_lse, ref_partials = reference.multi_source_attention(queries, keys, values, 0.6)
+    assert_close([*outs, *partials], [*ref_outs, *ref_partials], dtype=dtype)
+    assert_close(lse, ref_lse, dtype=dtype)  # -inf rows (empty key sources) match exactly
+    grads = [torch.randn_like(o) for o in outs]
+    expected = reference.multi_source_attention_backward(grads, queries, keys, values, ref_lse,
+                                                         ref_partials, 0.6)
+    actual = multi_source_attention_bwd(grads, queries, keys, values, ref_lse, ref_partials, 0.6)
+    for got, want in zip(actual, expected, strict=True):
+        assert_close(got, want, dtype=dtype)
+
+
+def test_kernel_reads_strided_sources(triton_device):
+    x = [torch.randn(1, n, 2, 8, device=triton_device).transpose(1, 2) for n in (5, 3)]
+    dense = [t.contiguous() for t in x]
+    strided = multi_source_attention_fwd(x, x, x, 0.4)
+    contiguous = multi_source_attention_fwd(dense, dense, dense, 0.4)
+    for got, want in zip(strided, contiguous, strict=True):  # outs, lse, partials
+        assert_close(got, want)
+
+
 def test_gradcheck():
     queries, keys, values = sources((1, 2, 3, (4, 2), (3, 5)), torch.float64, requires_grad=True)
     a = len(queries)
@@ -113,7 +155,7 @@ def test_gradcheck():
     def fn(*tensors):
         return multi_source_attention(tensors[:a], tensors[a:a + 2], tensors[a + 2:], scale=0.7)
 
-    assert torch.autograd.gradcheck(fn, (*queries, *keys, *values))
+    assert torch.autograd.gradcheck(fn, (*queries, *keys, *values), fast_mode=True)
 
 
 def test_strided_inputs_from_a_linear_layout():
@@ -170,7 +212,7 @@ def test_compile_interaction_block():
     (lambda q, k, v: multi_source_attention(q, k, [v[0], v[1].to("meta")]), ValueError,
      r"values\[1\] must be on cpu like the other inputs"),
     (lambda q, k, v: multi_source_attention([q[0][..., :0]], k, v), ValueError,
-     "head dim d must be >= 1"),
+     r"head dim d must be in \[1, 256\]"),
     (lambda q, k, v: multi_source_attention(q, k, v, scale=float("nan")), ValueError,
      "scale must be a finite float or None"),
     (lambda q, k, v: multi_source_attention(q, k, v, backend="cuda"), ValueError,
@@ -180,3 +222,29 @@ def test_bad_input(fn, error, message):
     queries, keys, values = sources((2, 3, 4, (6,), (3, 5)))
     with pytest.raises(error, match="multi_source_attention: " + message):
         fn(queries, keys, values)
+
+
+def test_direct_call_with_mismatched_head_dims_raises_in_a_subprocess():
+    # without the op's checks this reaches aten's CPU flash kernel with keys of another width
+    assert_raises_cleanly(
+        "torch.ops.vidcore.multi_source_attention([torch.randn(1, 2, 3, 4)], "
+        "[torch.randn(1, 2, 5, 8)], [torch.randn(1, 2, 5, 8)], 0.5)",
+        match=r"keys[0] must be [B=1, H=2, S, d=4]")
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (0, [torch.randn(1, 2, 4, 4)], r"grad_outs\[0\] must be contiguous \(1, 2, 3, 4\)"),
+    (0, [], "grad_outs must hold at least one tensor"),
+    (4, [torch.randn(2, 1, 2, 4)], r"lse\[0\] must be contiguous \(2, 1, 2, 3\), got"),
+    (4, [torch.randn(2, 1, 2, 3).double()], r"lse\[0\] must have dtype in \(float32\)"),
+    (5, [torch.randn(2, 1, 2, 3, 4).transpose(0, 1)], r"partials\[0\] must be contiguous"),
+    (5, [torch.randn(2, 1, 2, 3, 4), torch.randn(2, 1, 2, 3, 4)],
+     "partials must have one tensor per query source"),
+])
+def test_direct_backward_calls_with_hostile_state_raise(index, value, message):
+    queries, keys, values = sources((1, 2, 4, (3,), (5, 2)))
+    outs, lse, partials = torch.ops.vidcore.multi_source_attention(queries, keys, values, 0.5)
+    args = [[torch.ones_like(o) for o in outs], queries, keys, values, lse, partials, 0.5]
+    args[index] = value
+    with pytest.raises((ValueError, TypeError), match="multi_source_attention: " + message):
+        torch.ops.vidcore.multi_source_attention_backward(*args)
