@@ -1,10 +1,14 @@
-"""attention: dense, causal, cross-modal and temporal-range attention, forward and fwd+bwd.
+"""attention: dense, causal, cross-modal, temporal-range and sliding-window attention, forward and
+fwd+bwd.
 
-TFLOP/s count only visible (unmasked) query-key pairs: 4 * H * d * pairs forward, 2.5x that
-for the backward; the dense-equivalent figure is in each case's shape. Peers on CUDA: SDPA's
-flash / efficient / cuDNN backends (dense cases; masked cases give SDPA the materialised mask),
-FlexAttention with the equivalent BlockMask (its build time is the separate "flex_mask_build"
-provider), and flash-attn's varlen kernel when it is installed.
+TFLOP/s count only visible (unmasked) query-key pairs: 4 * H * d * pairs forward, 3.5x that
+forward + backward; the dense-equivalent figure is in each case's shape. Peers: SDPA (on CUDA its
+flash / efficient / cuDNN backends; masked cases give SDPA the materialised boolean mask, on the
+CPU the only way it can express them), FlexAttention (`torch.compile`d `flex_attention` with the
+equivalent BlockMask, built outside the timing; on CUDA its build time is the separate
+"flex_mask_build" provider; it has no CPU backward), and flash-attn when installed.
+Sliding-window cases also time the same attention without the window ("vidcore_dense",
+"sdpa_dense"): what the window saves.
 """
 from __future__ import annotations
 
@@ -16,21 +20,27 @@ from vidcore.bench.harness import BenchCase, run_pytest_benchmark, shapes
 
 from vidcore.ops import attention, window_ranges
 
-# (name, batch, len_q, len_k, heads, head_dim, causal, density of the frame window or None)
+# (name, batch, len_q, len_k, heads, head_dim, causal, density of the frame window or None,
+#  sliding window (left keys) or None)
 SHAPES = {
-    "tiny": [("dense", 1, 32, 32, 2, 32, False, None)],
-    "small": [("dense", 2, 256, 256, 4, 64, False, None), ("causal", 2, 256, 256, 4, 64, True, None),
-              ("frames-25%", 1, 512, 512, 4, 64, False, 0.25)],
-    "full": [*(("dense", 16384 // n, n, n, 16, 128, False, None) for n in (1024, 4096, 16384)),
-             *(("causal", 16384 // n, n, n, 16, 128, True, None) for n in (1024, 4096, 16384)),
-             ("cross-512x64f", 1, 512, 64 * 256, 16, 128, False, None),
-             *((f"frames-{d:.1%}", 1, 64 * 256, 64 * 256, 16, 128, False, d)
+    "tiny": [("dense", 1, 32, 32, 2, 32, False, None, None),
+             ("frames-25%", 1, 64, 64, 2, 32, False, 0.25, None)],
+    "small": [("dense", 2, 1024, 1024, 8, 64, False, None, None),
+              ("causal", 2, 1024, 1024, 8, 64, True, None, None),
+              ("frames-25%", 2, 1024, 1024, 8, 64, False, 0.25, None),
+              ("window-1024", 1, 4096, 4096, 4, 64, True, None, 1023)],
+    "full": [*(("dense", 16384 // n, n, n, 16, 128, False, None, None) for n in (1024, 4096, 16384)),
+             *(("causal", 16384 // n, n, n, 16, 128, True, None, None) for n in (1024, 4096, 16384)),
+             ("cross-512x64f", 1, 512, 64 * 256, 16, 128, False, None, None),
+             *((f"frames-{d:.1%}", 1, 64 * 256, 64 * 256, 16, 128, False, d, None)
                for d in (0.5, 0.25, 0.125)),
-             ("long", 1, 65536, 65536, 16, 128, True, None)],  # peak memory: linear in L
+             ("window-4096", 1, 65536, 65536, 16, 128, True, None, 4095),
+             ("long", 1, 65536, 65536, 16, 128, True, None, None)],  # peak memory: linear in L
 }
-# `vidcore bench --ops attention --shape Lq=4096,Lk=4096,causal=true` (density=0.25: frame window)
+# `vidcore bench --ops attention --shape Lq=4096,Lk=4096,causal=true` (density=0.25: frame window;
+# window=1023: sliding window of 1024 keys)
 DIMS = {"name": "custom", "B": 2, "Lq": 256, "Lk": 256, "H": 4, "d": 64, "causal": False,
-        "density": None}
+        "density": None, "window": None}
 FRAMES = 64
 
 
@@ -42,63 +52,93 @@ def _frame_window(len_q: int, len_k: int, density: float) -> tuple[torch.Tensor,
     return window_ranges(query_frames, window, FRAMES), tokens_per_frame
 
 
-def _visible_mask(len_q, len_k, causal, ranges, tokens_per_frame, device) -> torch.Tensor:
-    rows, cols = torch.arange(len_q)[:, None], torch.arange(len_k)[None, :]
-    mask = cols <= rows + (len_k - len_q) if causal else torch.ones(len_q, len_k, dtype=torch.bool)
-    if ranges is not None:
-        frame = cols // tokens_per_frame
-        mask = mask & (ranges[:, :1] <= frame) & (frame < ranges[:, 1:])
-    return mask.to(device)
+class _Mask:
+    """The case's visibility as (row, col) -> bool, evaluated on any broadcastable index tensors:
+    for the boolean mask SDPA gets, FlexAttention's mask_mod and the visible-pair count."""
+
+    def __init__(self, len_q, len_k, causal, ranges, tokens_per_frame, window):
+        self.offset, self.causal, self.window = len_k - len_q, causal, window
+        self.ranges, self.tokens_per_frame = ranges, tokens_per_frame
+        self.len_q, self.len_k = len_q, len_k
+
+    @property
+    def dense(self) -> bool:
+        return self.ranges is None and self.window is None
+
+    def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        pos = rows + self.offset
+        visible = (cols <= pos) if self.causal else torch.ones_like(cols, dtype=torch.bool)
+        if self.window is not None:
+            visible = visible & (cols >= pos - self.window)
+        if self.ranges is not None:
+            frame = cols // self.tokens_per_frame
+            start, end = self.ranges.to(rows.device)[rows].unbind(-1)
+            visible = visible & (start <= frame) & (frame < end)
+        return visible
+
+    def matrix(self, device) -> torch.Tensor:
+        return self(torch.arange(self.len_q)[:, None], torch.arange(self.len_k)[None, :]).to(device)
+
+    def pairs(self) -> int:
+        """Visible (query, key) pairs of one sequence, 256 query rows at a time."""
+        cols = torch.arange(self.len_k)[None, :]
+        return sum(int(self(torch.arange(r, min(r + 256, self.len_q))[:, None], cols).sum())
+                   for r in range(0, self.len_q, 256))
 
 
-def _visible_pairs(len_q, len_k, causal, ranges, tokens_per_frame) -> int:
-    """Visible (query, key) pairs of one sequence; counted without an L x L mask when dense."""
-    if ranges is not None:
-        return int(_visible_mask(len_q, len_k, causal, ranges, tokens_per_frame, "cpu").sum())
-    if not causal:
-        return len_q * len_k
-    return sum(max(0, min(len_k, i + 1 + len_k - len_q)) for i in range(len_q))
-
-
-def _peers(q, k, v, causal, mask, dense, device) -> dict[str, Callable[[], object]]:
-    """SDPA / FlexAttention / flash-attn on [B, H, L, d] views of the same data; `mask` is the
-    materialised visibility (None for dense cases, which pass is_causal instead)."""
+def _peers(q, k, v, mask: _Mask, device, backward) -> dict[str, Callable[[], object]]:
+    """SDPA / FlexAttention / flash-attn on [B, H, L, d] views of the same data."""
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    matrix = None if mask.dense else mask.matrix(device)
+    is_causal = mask.causal and mask.dense
     peers = {}
     if device != "cuda":
-        peers["sdpa_math"] = lambda: F.scaled_dot_product_attention(
-            qt, kt, vt, attn_mask=mask, is_causal=causal and dense)
-        return peers
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        peers["sdpa"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=matrix,
+                                                               is_causal=is_causal)
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def sdpa(backend):
-        def run():
-            with sdpa_kernel(backend):
-                if dense:
-                    return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-                return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
-        return run
+        def sdpa(backend):
+            def run():
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=matrix,
+                                                          is_causal=is_causal)
+            return run
 
-    if dense:
-        peers |= {"sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),
-                  "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
-    peers["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
-    flex = torch.compile(flex_attention)
-    offset = k.shape[1] - q.shape[1]  # bottom-right causal, as vidcore's
-    mask_mod = ((lambda b, h, i, j: mask[i, j]) if mask is not None
-                else (lambda b, h, i, j: j <= i + offset) if causal else None)
-    build = lambda: create_block_mask(mask_mod, None, None, q.shape[1], k.shape[1],  # noqa: E731
-                                      device=device) if mask_mod else None
-    block_mask = build()
-    peers |= {"flex": lambda: flex(qt, kt, vt, block_mask=block_mask), "flex_mask_build": build}
+        if mask.dense:
+            peers |= {"sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),
+                      "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
+        peers["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
+    if mask.window is not None:  # the same causal attention without the window
+        peers["sdpa_dense"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    if device == "cuda" or not backward:  # FlexAttention has no CPU backward (torch 2.14)
+        peers |= _flex(qt, kt, vt, mask, device, backward)
     try:
         from flash_attn import flash_attn_func
 
-        if dense:
-            peers["flash_attn"] = lambda: flash_attn_func(q, k, v, causal=causal)
+        if device == "cuda" and mask.ranges is None:
+            window = (-1, -1) if mask.window is None else (mask.window, 0)
+            peers["flash_attn"] = lambda: flash_attn_func(q, k, v, causal=mask.causal,
+                                                          window_size=window)
     except ImportError:
         pass
+    return peers
+
+
+def _flex(qt, kt, vt, mask: _Mask, device, backward) -> dict[str, Callable[[], object]]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    mask_mod = None if mask.dense and not mask.causal else (lambda b, h, i, j: mask(i, j))
+
+    def build():
+        return create_block_mask(mask_mod, None, None, mask.len_q, mask.len_k, device=device) \
+            if mask_mod else None
+
+    block_mask = build()
+    peers = {"flex": lambda: flex(qt, kt, vt, block_mask=block_mask)}
+    if device == "cuda" and not backward:
+        peers["flex_mask_build"] = build
     return peers
 
 
@@ -106,59 +146,81 @@ def cases(size: str | dict[str, object], device: str, dtype: torch.dtype | None 
           ) -> list[BenchCase]:
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     result = []
-    for name, batch, len_q, len_k, heads, dim, causal, density in shapes(SHAPES, size, DIMS):
+    for name, batch, len_q, len_k, heads, dim, causal, density, window in shapes(SHAPES, size,
+                                                                                  DIMS):
         ranges, tpf = _frame_window(len_q, len_k, density) if density else (None, None)
-        pairs = batch * _visible_pairs(len_q, len_k, causal, ranges, tpf)
+        mask = _Mask(len_q, len_k, causal, ranges, tpf, window)
+        pairs = batch * mask.pairs()
         shape = {"B": batch, "Lq": len_q, "Lk": len_k, "H": heads, "d": dim, "causal": causal,
-                 "density": density, "dense_equivalent_flops": 4 * batch * heads * len_q * len_k * dim}
+                 "density": density, "window": window, "visible_pairs": pairs,
+                 "dense_equivalent_flops": 4 * batch * heads * len_q * len_k * dim}
         for backward in (False, True):
-            result.append(_case(name, batch, len_q, len_k, heads, dim, causal, ranges, tpf, dtype,
-                                device, backward, shape, pairs))
+            result.append(_case(name, batch, heads, dim, mask, dtype, device, backward, shape,
+                                pairs))
     return result
 
 
-def _case(name, batch, len_q, len_k, heads, dim, causal, ranges, tpf, dtype, device, backward,
-          shape, pairs) -> BenchCase:
+def _case(name, batch, heads, dim, mask: _Mask, dtype, device, backward, shape, pairs
+          ) -> BenchCase:
     flops = int(4 * heads * dim * pairs * (3.5 if backward else 1.0))
-    peer_names = (("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex", "flex_mask_build")
-                  if device == "cuda" else ("sdpa_math",))
+    len_q, len_k = mask.len_q, mask.len_k
 
     def build():
-        q = torch.randn(batch, len_q, heads, dim, device=device, dtype=dtype)
-        k, v = (torch.randn(batch, len_k, heads, dim, device=device, dtype=dtype) for _ in "kv")
-        mask = None if dense else _visible_mask(len_q, len_k, causal, ranges, tpf, device)
-        fns = _peers(q, k, v, causal, mask, dense, device)
-        cu_q = torch.arange(0, (batch + 1) * len_q, len_q, dtype=torch.int32, device=device)
-        cu_k = torch.arange(0, (batch + 1) * len_k, len_k, dtype=torch.int32, device=device)
+        # requires_grad before any view is taken: a view taken earlier is cut off from q, and
+        # autograd then skips the peer's backward altogether
+        q = torch.randn(batch, len_q, heads, dim, device=device, dtype=dtype,
+                        requires_grad=backward)
+        k, v = (torch.randn(batch, len_k, heads, dim, device=device, dtype=dtype,
+                            requires_grad=backward) for _ in "kv")
+        fns = _peers(q, k, v, mask, device, backward)
+        cu_q = torch.arange(batch + 1, dtype=torch.int32, device=device) * len_q
+        cu_k = torch.arange(batch + 1, dtype=torch.int32, device=device) * len_k
         packed = [t.flatten(0, 1) for t in (q, k, v)]
-        extra = {} if dense else {"tokens_per_frame": tpf,
-                                  "q_frame_range": ranges.repeat(batch, 1).to(device)}
-        fns["vidcore"] = lambda: attention(*packed, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                           max_seqlen_q=len_q, max_seqlen_k=len_k, causal=causal,
-                                           **extra)
+        common = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=len_q,
+                      max_seqlen_k=len_k, causal=mask.causal)
+        extra = {} if mask.ranges is None else {
+            "tokens_per_frame": mask.tokens_per_frame,
+            "q_frame_range": mask.ranges.repeat(batch, 1).to(device)}
+        if mask.window is not None:
+            extra["window"] = (mask.window, 0)
+            fns["vidcore_dense"] = lambda: attention(*packed, **common)
+        fns["vidcore"] = lambda: attention(*packed, **common, **extra)
         if backward:
-            for t in (q, k, v, *packed):
-                t.requires_grad_()
             fns = {p: _with_backward(fn) for p, fn in fns.items() if p != "flex_mask_build"}
         return fns
 
-    dense = ranges is None
     if device != "cuda":
-        baseline = "sdpa_math"
+        baseline = "sdpa"
     else:  # FA2 (SDPA flash) on dense cases; masked cases: SDPA's only masked kernel
-        baseline = "sdpa_flash" if dense else "sdpa_efficient"
-    skipped = {"flex_mask_build"} if backward else set()
-    skipped |= set() if dense else {"sdpa_flash", "sdpa_cudnn"}  # no arbitrary masks there
-    providers = tuple(p for p in (*peer_names, "vidcore") if p not in skipped)
+        baseline = "sdpa_flash" if mask.dense else "sdpa_efficient"
     return BenchCase("attention", f"{name}-L{len_q}x{len_k}" + "-fwd+bwd" * backward,
-                     shape, build, providers, flops=flops, baseline=baseline,
-                     dtype=str(dtype).removeprefix("torch."),
+                     shape, build, _providers(mask, device, backward), flops=flops,
+                     baseline=baseline, dtype=str(dtype).removeprefix("torch."),
                      kernel_ops=("attention", "attention_backward") if backward else ("attention",))
+
+
+def _providers(mask: _Mask, device: str, backward: bool) -> tuple[str, ...]:
+    if device == "cuda":
+        names = ["sdpa_flash", "sdpa_cudnn"] if mask.dense else []
+        names += ["sdpa_efficient", "flex"] + ([] if backward else ["flex_mask_build"])
+    else:
+        names = ["sdpa"] if backward else ["sdpa", "flex"]
+    if mask.window is not None:
+        names += ["sdpa_dense", "vidcore_dense"]
+    try:
+        import flash_attn  # noqa: F401
+
+        names += ["flash_attn"] if device == "cuda" and mask.ranges is None else []
+    except ImportError:
+        pass
+    return (*names, "vidcore")
 
 
 def _with_backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     def run() -> None:
         out = fn()
+        if out.grad_fn is None:
+            raise RuntimeError("attention bench: a fwd+bwd provider's output has no grad_fn")
         out.backward(torch.ones_like(out))
     return run
 

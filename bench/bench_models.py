@@ -129,7 +129,7 @@ def cases(size: str, device: str) -> list[BenchCase]:
         BenchCase("models", f"stllm-residual-T{st_frames}x32-w{width}",
                   {**shape, "frames": st_frames, "tokens_per_frame": 32}, build_stllm,
                   ("reference", "vidcore"), dtype=dtype_name,
-                  kernel_ops=tuple(op for op in ("attention", "make_mask", "pack", "pool",
+                  kernel_ops=tuple(op for op in ("attention", "mask_and_pack", "pool",
                                                  "interleave_pack", "cosine_consistency_loss")
                                    if op in live)),
         BenchCase("models", f"minigpt4_video-T{mg_frames}x{mg_tokens}-w{width}",

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["attention_fwd", "dot_precision", "AUTOTUNE", "INTERPRET"]
+__all__ = ["attention_fwd", "check_mask_features", "dot_precision", "AUTOTUNE", "INTERPRET"]
 
 LOG2E = 1.4426950408889634
 # bf16 is computed wrongly by the Triton interpreter: upcast right after loads when interpreting.
@@ -38,6 +38,13 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
         return configs
     small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
     return small or configs[-1:]
+
+
+def check_mask_features(window_left: int, window_right: int, softcap: float) -> None:
+    """Sliding windows and softcap are not in the Triton kernels yet."""
+    if window_left >= 0 or window_right >= 0 or softcap > 0:
+        raise NotImplementedError("attention: window and softcap are not implemented in the "
+                                  "Triton kernels yet")
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -254,9 +261,11 @@ def _attention_fwd_kernel(
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                   max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
-                  tokens_per_frame: int, q_frame_range: Tensor | None) -> tuple[Tensor, Tensor]:
+                  tokens_per_frame: int, q_frame_range: Tensor | None, window_left: int = -1,
+                  window_right: int = -1, softcap: float = 0.0) -> tuple[Tensor, Tensor]:
     """Launcher: out [total_q, Hq, d] (dtype of q), lse [Hq, total_q] float32. Inputs are
     validated by vidcore.ops.attention; the last dim of q, k, v must be contiguous."""
+    check_mask_features(window_left, window_right, softcap)
     total_q, heads, head_dim = q.shape
     out = torch.empty_like(q)
     lse = torch.empty(heads, total_q, dtype=torch.float32, device=q.device)

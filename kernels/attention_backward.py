@@ -26,6 +26,7 @@ from vidcore.kernels.attention import (
     _tile,
     _unmasked_span,
     _visible,
+    check_mask_features,
     dot_precision,
 )
 
@@ -188,11 +189,13 @@ def _attention_bwd_dq_kernel(
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                   cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
                   max_seqlen_k: int, causal: bool, scale: float, tokens_per_frame: int,
-                  q_frame_range: Tensor | None, grad_lse: Tensor | None = None
+                  q_frame_range: Tensor | None, window_left: int = -1, window_right: int = -1,
+                  softcap: float = 0.0, grad_lse: Tensor | None = None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Launcher: (dq, dk, dv) like (q, k, v). q, k, v, out, grad_out are made contiguous so that
     q/out/grad_out and k/v share strides. `grad_lse` [Hq, total_q] (the gradient of lse, or
     None) enters only through delta."""
+    check_mask_features(window_left, window_right, softcap)
     q, k, v, out = (t.contiguous() for t in (q, k, v, out))
     grad_out = grad_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -5,6 +5,7 @@ float32 (or float64) reference with the per-dtype tolerance below.
 """
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,9 @@ __all__ = [
     "opcheck",
     "run_isolated",
     "assert_raises_cleanly",
+    "attention_oracle",
+    "random_attention_case",
+    "attention_op_args",
 ]
 
 # Against a reference computed in float32 (float64 for float64 inputs).
@@ -127,3 +131,87 @@ def assert_raises_cleanly(call: str, match: str | None = None,
     assert match is None or match in message, f"`{call}` raised {name}: {message!r}, " \
         f"expected a message containing {match!r}"
     return name, message
+
+
+def attention_oracle(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                     *, causal: bool = False, scale: float | None = None,
+                     tokens_per_frame: int | None = None, q_frame_range: Tensor | None = None,
+                     window: tuple[int, int] | None = None, softcap: float | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """vidcore.ops.attention written out from its definition (DESIGN.md section 3), for tests:
+    float64, dense per sequence, the mask built by an explicit loop over (i, j), written
+    independently of vidcore.reference. Differentiable by torch's autograd; tiny shapes only.
+    Returns out [total_q, Hq, d] and lse [Hq, total_q] (float64; out 0 and lse -inf for queries
+    that see no key)."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    left, right = window or (-1, -1)
+    group = q.shape[1] // k.shape[1]
+    outs, lses = [], []
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(cu_q) - 1):
+        len_q, len_k = cu_q[b + 1] - cu_q[b], cu_k[b + 1] - cu_k[b]
+        visible = torch.zeros(len_q, len_k, dtype=torch.bool)
+        for i in range(len_q):
+            pos = i + len_k - len_q
+            for j in range(len_k):
+                seen = (not causal or j <= pos) and (left < 0 or j >= pos - left)
+                seen = seen and (right < 0 or j <= pos + right)
+                if q_frame_range is not None:
+                    start, end = q_frame_range[cu_q[b] + i].tolist()
+                    seen = seen and start <= j // tokens_per_frame < end
+                visible[i, j] = seen
+        qs = q[cu_q[b]:cu_q[b + 1]]
+        ks, vs = (t[cu_k[b]:cu_k[b + 1]].repeat_interleave(group, 1) for t in (k, v))
+        scores = torch.einsum("ihd,jhd->hij", qs, ks) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        visible = visible.to(q.device)
+        scores = torch.where(visible, scores, -math.inf)
+        lse = torch.logsumexp(scores, -1)  # -inf for rows that see no key
+        probs = torch.where(visible, torch.exp(scores - torch.where(lse.isinf(), 0, lse)[..., None]),
+                            0)
+        outs.append(torch.einsum("hij,jhd->ihd", probs, vs))
+        lses.append(lse)
+    out = torch.cat(outs) if outs else q.new_zeros(q.shape)
+    lse = torch.cat(lses, 1) if lses else q.new_zeros(q.shape[1], 0)
+    return out, lse
+
+
+def random_attention_case(lens_q: Sequence[int], lens_k: Sequence[int], *, heads_q: int = 2,
+                          heads_kv: int = 1, dim: int = 16, dtype: torch.dtype = torch.float32,
+                          device: str = "cpu", seed: int = 0, causal: bool = False,
+                          tokens_per_frame: int | None = None,
+                          window: tuple[int, int] | None = None, softcap: float | None = None
+                          ) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """Packed q, k, v of sequences with the given lengths and vidcore.ops.attention's keyword
+    arguments for them. Frame ranges (with tokens_per_frame) are drawn per query, some empty,
+    some past the last frame, some starting below 0."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def offsets(lens: Sequence[int]) -> Tensor:
+        return torch.tensor([0, *torch.tensor(list(lens), dtype=torch.long).cumsum(0).tolist()],
+                            dtype=torch.int32, device=device)
+
+    q = torch.randn(sum(lens_q), heads_q, dim, generator=gen).to(device, dtype)
+    k, v = (torch.randn(sum(lens_k), heads_kv, dim, generator=gen).to(device, dtype)
+            for _ in "kv")
+    kwargs = dict(cu_seqlens_q=offsets(lens_q), cu_seqlens_k=offsets(lens_k),
+                  max_seqlen_q=max(lens_q, default=0), max_seqlen_k=max(lens_k, default=0),
+                  causal=causal, window=window, softcap=softcap)
+    if tokens_per_frame:
+        start = torch.randint(-1, 5, (sum(lens_q),), generator=gen)
+        end = start + torch.randint(-1, 5, (sum(lens_q),), generator=gen)  # some empty
+        kwargs |= dict(tokens_per_frame=tokens_per_frame,
+                       q_frame_range=torch.stack([start, end], 1).int().to(device))
+    return q, k, v, kwargs
+
+
+def attention_op_args(kwargs: dict, dim: int) -> tuple:
+    """The positional arguments of torch.ops.vidcore.attention (and of its kernels) after q, k,
+    v, for `random_attention_case`'s keyword arguments."""
+    left, right = kwargs.get("window") or (-1, -1)
+    return (kwargs["cu_seqlens_q"], kwargs["cu_seqlens_k"], kwargs["max_seqlen_q"],
+            kwargs["max_seqlen_k"], kwargs.get("causal", False), 1 / math.sqrt(dim),
+            kwargs.get("tokens_per_frame") or 0, kwargs.get("q_frame_range"), left, right,
+            kwargs.get("softcap") or 0.0)

@@ -1,5 +1,6 @@
 """vidcore.ops.merge_attention_states: the split-KV identity, -inf rows, Triton fwd/bwd."""
 import math
+import re
 
 import pytest
 import torch
@@ -9,10 +10,14 @@ from vidcore.kernels.merge_attention_states import (
     merge_attention_states_bwd,
     merge_attention_states_fwd,
 )
+from vidcore.kernels.merge_attention_states_cpu import (
+    merge_attention_states_cpu_bwd,
+    merge_attention_states_cpu_fwd,
+)
 
 from vidcore import reference
 from vidcore.ops import merge_attention_states
-from vidcore.testing import assert_close, opcheck
+from vidcore.testing import assert_close, assert_raises_cleanly, opcheck
 
 NEG_INF = -math.inf
 
@@ -80,6 +85,20 @@ def test_backward_kernel_matches_reference(shape, empty_rows, dtype, triton_devi
     grads = merge_attention_states_bwd(grad_out, grad_lse, *states)
     expected = reference.merge_attention_states_backward(grad_out, grad_lse, *states)
     assert_close(grads, expected, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, empty_rows", CASES)
+def test_cpu_kernel_matches_reference(shape, empty_rows, dtype):
+    states = random_states(shape, dtype, "cpu", empty_rows)
+    if dtype == torch.float64:
+        states = tuple(t.double() for t in states)
+    out, lse = merge_attention_states_cpu_fwd(*states)
+    assert_close((out, lse), reference.merge_attention_states(*states), dtype=dtype)
+    grad_out, grad_lse = torch.randn(shape).to(out.dtype), torch.randn(lse.shape).to(lse.dtype)
+    assert_close(merge_attention_states_cpu_bwd(grad_out, grad_lse, *states),
+                 reference.merge_attention_states_backward(grad_out, grad_lse, *states),
+                 dtype=dtype)
 
 
 def test_backward_reference_matches_autograd():
@@ -150,3 +169,38 @@ def test_bad_input(index, value, error, message):
     args[index] = value
     with pytest.raises(error, match="merge_attention_states: " + message):
         merge_attention_states(*args)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_plus_inf_lse_is_rejected_on_cpu(backend):
+    out_a, lse_a, out_b, lse_b = random_states((4, 2, 8))
+    lse_b[1, 2] = math.inf
+    with pytest.raises(ValueError, match=r"merge_attention_states: lse_b has \+inf entries"):
+        merge_attention_states(out_a, lse_a, out_b, lse_b, backend=backend)
+    compiled = torch.compile(merge_attention_states, fullgraph=True)
+    with pytest.raises(ValueError, match=r"lse_b has \+inf entries"):
+        compiled(out_a, lse_a, out_b, lse_b)
+
+
+def test_direct_call_with_hostile_arguments_raises_in_a_subprocess():
+    # lse [1, N] would broadcast silently in the reference: the op checks shapes itself
+    assert_raises_cleanly("torch.ops.vidcore.merge_attention_states(torch.randn(4, 2, 8), "
+                          "torch.randn(1, 4), torch.randn(4, 2, 8), torch.randn(2, 4))",
+                          match="lse_a must have shape (2, 4)")
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.randn(4, 2, 8), torch.randn(2, 4), torch.randn(3, 2, 8), torch.randn(2, 4)),
+     "out_b must have the shape of out_a"),
+    ((torch.randn(4, 2, 8), torch.full((2, 4), math.inf), torch.randn(4, 2, 8),
+      torch.randn(2, 4)), "lse_a has +inf entries"),
+])
+def test_direct_call_with_hostile_arguments_raises(args, message):
+    with pytest.raises(ValueError, match="merge_attention_states: " + re.escape(message)):
+        torch.ops.vidcore.merge_attention_states(*args)
+
+
+def test_direct_backward_call_with_hostile_arguments_raises():
+    out, lse = torch.randn(4, 2, 8), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"merge_attention_states: grad_lse must have the shape"):
+        torch.ops.vidcore.merge_attention_states_backward(out, lse[:1], out, lse, out, lse)

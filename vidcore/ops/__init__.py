@@ -70,10 +70,12 @@ __all__ = [
 # reference. The backward ops listed here are registered by their forward's module.
 FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
     "unit_keys": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
-    "attention": {"cuda": ("Triton", "triton")},
-    "attention_backward": {"cuda": ("Triton", "triton")},
-    "merge_attention_states": {"cuda": ("Triton", "triton")},
-    "merge_attention_states_backward": {"cuda": ("Triton", "triton")},
+    "attention": {"cpu": ("aten flash (CPU)", "torch"), "cuda": ("Triton", "triton")},
+    "attention_backward": {"cpu": ("aten flash (CPU)", "torch"), "cuda": ("Triton", "triton")},
+    "merge_attention_states": {"cpu": ("torch, fused passes", "torch"),
+                               "cuda": ("Triton", "triton")},
+    "merge_attention_states_backward": {"cpu": ("torch, fused passes", "torch"),
+                                        "cuda": ("Triton", "triton")},
     "make_mask": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "pack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},
     "unpack": {"cpu": ("C++", "extension"), "cuda": ("CUDA C++", "extension")},

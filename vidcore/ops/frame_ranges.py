@@ -35,9 +35,12 @@ def stage_ranges(segment_lengths: Sequence[int], num_frames: int, *,
 
 def window_ranges(query_frames: Sequence[int], window: int, num_frames: int, *,
                   device: torch.device | str | None = None) -> Tensor:
-    """Sliding window: a query at frame t sees frames [t - window, t + window] within [0, T)."""
+    """Sliding window: a query at frame t (0 <= t < num_frames) sees frames
+    [t - window, t + window] within [0, T)."""
     check_int("window_ranges", "window", window, minimum=0)
     check_int("window_ranges", "num_frames", num_frames, minimum=0)
+    for i, t in enumerate(query_frames):
+        check_int("window_ranges", f"query_frames[{i}]", t, minimum=0, below=num_frames)
     starts = [max(0, t - window) for t in query_frames]
     ends = [min(num_frames, t + window + 1) for t in query_frames]
     return _ranges(starts, ends, device)
@@ -45,7 +48,13 @@ def window_ranges(query_frames: Sequence[int], window: int, num_frames: int, *,
 
 def interleave_ranges(tokens_per_subtitle: Sequence[int], *,
                       device: torch.device | str | None = None) -> Tensor:
-    """MiniGPT4-Video interleave: the subtitle of frame t (tokens_per_subtitle[t] tokens) sees
-    frame t only."""
+    """Frame-local subtitles, an optional restriction for interleaved frame + subtitle
+    sequences: the tokens_per_subtitle[t] subtitle tokens of frame t see frame t only.
+
+    MiniGPT4-Video itself has no such restriction: its language model attends causally over
+    the whole interleaved sequence (`causal=True` without frame ranges gives the seed's
+    attention)."""
+    for t, count in enumerate(tokens_per_subtitle):
+        check_int("interleave_ranges", f"tokens_per_subtitle[{t}]", count, minimum=0)
     starts = [t for t, n in enumerate(tokens_per_subtitle) for _ in range(n)]
     return _ranges(starts, [t + 1 for t in starts], device)

@@ -6,13 +6,20 @@ from torch import Tensor
 
 from vidcore import reference
 from vidcore._backends import TRITON
-from vidcore.ops._validation import check_backend, check_same_shape, check_tensor
+from vidcore.kernels.merge_attention_states_cpu import (
+    merge_attention_states_cpu_bwd,
+    merge_attention_states_cpu_fwd,
+)
+from vidcore.ops._attention_args import (
+    check_merge_args,
+    check_merge_backward_args,
+    check_merge_lse_values,
+)
+from vidcore.ops._validation import check_backend
 
 __all__ = ["merge_attention_states"]
 
 _OP = "merge_attention_states"
-_OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_LSE_DTYPES = (torch.float32, torch.float64)
 
 
 def merge_attention_states(
@@ -22,8 +29,10 @@ def merge_attention_states(
 
     `out = w_a * out_a + w_b * out_b` with `w_x = exp(lse_x - lse)` and
     `lse = logaddexp(lse_a, lse_b)`, computed in fp32. Rows that saw no keys have lse = -inf;
-    if both sides saw none the result is out = 0, lse = -inf (never NaN). Differentiable in all
-    four inputs.
+    if both sides saw none the result is out = 0, lse = -inf (never NaN). An lse of +inf (an
+    overflowed partial state) has no meaningful merge: it is rejected where lse is on the CPU
+    (the check reads it); on a GPU, where reading it would cost a host sync, such rows come out
+    NaN. Differentiable in all four inputs.
 
     Args:
         out_a, out_b: [N, H, d] (packed rows, e.g. `total_q`) or [B, N, H, d]; fp16, bf16, fp32
@@ -32,36 +41,31 @@ def merge_attention_states(
         backend: "auto" (the fast kernel of the device) or "torch" (the reference).
     Returns:
         (out, lse): out like out_a; lse like lse_a in float32 or wider.
-    Backends: CUDA -> kernels/merge_attention_states.py (Triton); other devices -> reference.
+    Backends: CUDA -> kernels/merge_attention_states.py (Triton); CPU ->
+    kernels/merge_attention_states_cpu.py (the same math in fewer passes); others -> reference.
     """
-    _check_args(out_a, lse_a, out_b, lse_b)
+    check_merge_args(out_a, lse_a, out_b, lse_b)
     check_backend(_OP, backend)
-    fn = reference.merge_attention_states if backend == "torch" else _merge_attention_states
-    return fn(out_a, lse_a, out_b, lse_b)
-
-
-def _check_args(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> None:
-    check_tensor(_OP, "out_a", out_a, dims=(3, 4), dtypes=_OUT_DTYPES)
-    check_tensor(_OP, "out_b", out_b, dtypes=(out_a.dtype,), device=out_a.device)
-    check_same_shape(_OP, "out_b", out_b, "out_a", out_a)
-    *batch, num_rows, heads, _ = out_a.shape
-    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
-        check_tensor(_OP, name, lse, dtypes=_LSE_DTYPES, device=out_a.device)
-        if tuple(lse.shape) != (*batch, heads, num_rows):
-            raise ValueError(f"{_OP}: {name} must have shape {(*batch, heads, num_rows)} "
-                             f"([..., H, N] for out [..., N, H, d]), got {tuple(lse.shape)}")
+    if backend == "torch":
+        check_merge_lse_values(lse_a, lse_b)
+        return reference.merge_attention_states(out_a, lse_a, out_b, lse_b)
+    return _merge_attention_states(out_a, lse_a, out_b, lse_b)
 
 
 @torch.library.custom_op("vidcore::merge_attention_states", mutates_args=())
 def _merge_attention_states(
     out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
 ) -> tuple[Tensor, Tensor]:
+    # Devices without a kernel: checked here too, so that direct op calls and compiled graphs,
+    # which skip the public function's checks, cannot misuse it.
+    check_merge_args(out_a, lse_a, out_b, lse_b)
+    check_merge_lse_values(lse_a, lse_b)
     return reference.merge_attention_states(out_a, lse_a, out_b, lse_b)
 
 
 @_merge_attention_states.register_fake
 def _(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
-    _check_args(out_a, lse_a, out_b, lse_b)
+    check_merge_args(out_a, lse_a, out_b, lse_b)
     lse_dtype = torch.promote_types(lse_a.dtype, torch.float32)
     return torch.empty_like(out_a), lse_a.new_empty(lse_a.shape, dtype=lse_dtype)
 
@@ -70,11 +74,13 @@ def _(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tenso
 def _merge_attention_states_backward(
     grad_out: Tensor, grad_lse: Tensor, out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_merge_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
     return reference.merge_attention_states_backward(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
 
 
 @_merge_attention_states_backward.register_fake
 def _(grad_out, grad_lse, out_a, lse_a, out_b, lse_b):
+    check_merge_backward_args(grad_out, grad_lse, out_a, lse_a, out_b, lse_b)
     return (torch.empty_like(out_a), torch.empty_like(lse_a),
             torch.empty_like(out_b), torch.empty_like(lse_b))
 
@@ -91,6 +97,8 @@ def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
 
 
 _merge_attention_states.register_autograd(_backward, setup_context=_setup_context)
+_merge_attention_states.register_kernel("cpu")(merge_attention_states_cpu_fwd)
+_merge_attention_states_backward.register_kernel("cpu")(merge_attention_states_cpu_bwd)
 
 if TRITON is not None:
     from vidcore.kernels import merge_attention_states as _triton

@@ -2,7 +2,7 @@
 fallback and the benchmark baseline. Written for clarity, not speed; shapes in docstrings.
 One module per op; this package re-exports every reference function.
 """
-from vidcore.reference.attention import attention, attention_backward, visible_keys
+from vidcore.reference.attention import attention, attention_backward, key_intervals
 from vidcore.reference.axis_attention import axis_attention, axis_attention_backward
 from vidcore.reference.cosine_consistency_loss import (
     cosine_consistency_loss,
@@ -35,7 +35,7 @@ from vidcore.reference.unit_keys import lowbias32, unit_keys
 __all__ = [
     "attention",
     "attention_backward",
-    "visible_keys",
+    "key_intervals",
     "lowbias32",
     "unit_keys",
     "merge_attention_states",
