@@ -1,5 +1,7 @@
 """vidcore.data.synthetic: the activity videos follow their scripts, features and clues are what
 they claim; the few-shot episodes' classes differ only in the order of their sub-actions."""
+import itertools
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def test_videos_walk_their_activity_script():
         actions, counts = runs(video.labels)
         script = data.scripts[video.activity]
         positions = [script.index(a) for a in actions]  # a script's actions are distinct
-        steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+        steps = [b - a for a, b in itertools.pairwise(positions)]
         assert actions[0] == script[0] and actions[-1] == script[-1]
         assert all(step in (1, 2) for step in steps) and min(counts) >= 1
         skips += steps.count(2)

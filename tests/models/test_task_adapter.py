@@ -3,15 +3,19 @@ loss, every gradient), the score orientation flag, stage windows, frozen backbon
 EOS, loading CLIP from a local directory, save/load."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
 from vidcore.data.synthetic import OrderedSubActionEpisodes
-from vidcore.models.task_adapter import TaskAdapterConfig, TaskAdapterForFewShot
+from vidcore.models.task_adapter import TaskAdapterForFewShot
 from vidcore.models.task_adapter_blocks import axis_self_attention, cosine_matrix
 from vidcore.models.task_adapter_task import (
     episode_batch,
+    frame_average_accuracy,
+    frame_average_predictions,
     synthetic_tokenizer,
     tiny_task_adapter_config,
 )
@@ -149,3 +153,46 @@ def test_clip_from_a_local_directory_and_save_load(tmp_path):
     loaded = TaskAdapterForFewShot.from_pretrained(tmp_path / "ta")
     assert loaded.use_kernels is False
     torch.testing.assert_close(loaded(**inputs).logits, expected)
+
+
+# The order-blind baseline, on hand-made frame features [N, T=2, D=2]
+SUPPORT = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],   # class 0, shot 1: mean (1, 0)
+                        [[0.0, 1.0], [0.0, 1.0]],   # class 0, shot 2: mean (0, 1)
+                        [[1.0, 0.2], [1.0, 0.0]]])  # class 1: mean (1, 0.1)
+SUPPORT_LABELS = torch.tensor([0, 0, 1])
+
+
+def test_frame_average_baseline_by_hand():
+    # prototypes: class 0 = mean of its shots (0.5, 0.5), class 1 = (1, 0.1)
+    query = torch.tensor([[[0.4, 0.6], [0.5, 0.5]],    # mean (0.45, 0.55): cos 0.995 vs 0.70 -> 0
+                          [[3.0, 0.0], [1.0, 0.4]],    # mean (2, 0.2): cos 0.77 vs 1.0 -> 1
+                          [[0.0, 1.0], [0.0, 1.0]]])   # mean (0, 1): cos 0.71 vs 0.10 -> 0
+    guess = frame_average_predictions(SUPPORT, SUPPORT_LABELS, query, ways=2)
+    assert guess.tolist() == [0, 1, 0]
+    # a prototype from class 0's first shot alone, (1, 0), would give query 0 to class 1
+    assert cosine_matrix(query[:1].mean(1), torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+                         ).argmax(-1).tolist() == [1]
+
+
+def test_frame_average_baseline_ignores_frame_order():
+    query = torch.tensor([[[1.0, 0.0], [0.3, 0.9]], [[0.2, 0.1], [2.0, 0.3]]])
+    reversed_frames = query.flip(1)
+    assert torch.equal(frame_average_predictions(SUPPORT, SUPPORT_LABELS, query, 2),
+                       frame_average_predictions(SUPPORT, SUPPORT_LABELS, reversed_frames, 2))
+
+
+def test_frame_average_accuracy_counts_right_queries_over_episodes():
+    """A stand-in CLIP whose per-frame feature is the frame's pixel vector; two episodes, three
+    queries, two right."""
+    model = SimpleNamespace(
+        vision_model=lambda pixel_values: SimpleNamespace(pooler_output=pixel_values.flatten(1)),
+        visual_projection=lambda x: x)
+
+    def batch(query, labels):
+        return {"support_videos": SUPPORT[..., None, None], "support_labels": SUPPORT_LABELS,
+                "query_videos": query[..., None, None], "labels": torch.tensor(labels),
+                "class_input_ids": torch.zeros(2, 3, 4, dtype=torch.long)}
+
+    episodes = [batch(torch.tensor([[[0.4, 0.6], [0.5, 0.5]], [[3.0, 0.0], [1.0, 0.4]]]), [0, 0]),
+                batch(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), [0])]
+    assert frame_average_accuracy(model, episodes) == pytest.approx(2 / 3)

@@ -17,7 +17,8 @@ from vidcore.models.task_adapter_blocks import cosine_matrix
 from vidcore.train import TrainTask
 
 __all__ = ["TRAIN_TASK", "tiny_task_adapter_config", "class_sentences", "episode_batch",
-           "few_shot_accuracy", "frame_average_accuracy", "synthetic_tokenizer"]
+           "few_shot_accuracy", "frame_average_accuracy",
+           "frame_average_predictions", "synthetic_tokenizer"]
 
 _EVAL_SEED = 1_000_000
 
@@ -78,23 +79,38 @@ class _Batches:
             yield episode_batch(self.episodes[i], self.tokenizer)
 
 
+def frame_average_predictions(support: Tensor, support_labels: Tensor, query: Tensor,
+                              ways: int) -> Tensor:
+    """The order-blind baseline's decision: each video's frame features averaged over frames,
+    a class prototype = the mean of its support averages, each query takes the class of the
+    prototype of highest cosine (ties: the lowest class).
+
+    Args:
+        support [Ns, T, D], query [Nq, T, D]: per-frame features; support_labels [Ns] in
+            [0, ways).
+    Returns:
+        [Nq] int64 predicted classes.
+    """
+    support, query = support.mean(1), query.mean(1)
+    counts = torch.bincount(support_labels, minlength=ways).clamp(min=1)
+    prototypes = support.new_zeros(ways, support.shape[-1]).index_add(
+        0, support_labels, support) / counts[:, None].to(support.dtype)
+    return cosine_matrix(query, prototypes).argmax(-1)
+
+
 @torch.no_grad()
 def frame_average_accuracy(model: TaskAdapterForFewShot, batches: Iterable[dict]) -> float:
-    """The order-blind baseline: the frozen CLIP's per-frame features (no adapters, no temporal
-    embedding), averaged over frames; each query takes the class of the nearest (cosine)
-    support prototype."""
+    """The order-blind baseline on the model's frozen CLIP: per-frame features (no adapters,
+    no temporal embedding) -> frame_average_predictions; the fraction of queries right."""
     right = total = 0
     for batch in batches:
         features = []
         for key in ("support_videos", "query_videos"):
             videos = batch[key]
             pooled = model.vision_model(pixel_values=videos.flatten(0, 1)).pooler_output
-            features.append(model.visual_projection(pooled).view(*videos.shape[:2], -1).mean(1))
-        support, query = features
-        ways = batch["class_input_ids"].shape[0]
-        prototypes = support.new_zeros(ways, support.shape[-1]).index_add(
-            0, batch["support_labels"], support)
-        guess = cosine_matrix(query, prototypes).argmax(-1)
+            features.append(model.visual_projection(pooled).view(*videos.shape[:2], -1))
+        guess = frame_average_predictions(features[0], batch["support_labels"], features[1],
+                                          batch["class_input_ids"].shape[0])
         right += int((guess == batch["labels"]).sum())
         total += len(guess)
     return right / max(1, total)
