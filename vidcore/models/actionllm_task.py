@@ -162,6 +162,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, default=64, help="hidden size of the tiny LLM")
     group.add_argument("--train-llm", action="store_true",
                        help="train the LLM too (the seed keeps it frozen)")
+    group.add_argument("--seed-position-encoding", action="store_true",
+                       help="the seed's CMIB encoding indexed by batch, not by token")
+    group.add_argument("--seed-frozen-heads", action="store_true",
+                       help="the seed's action and segmentation heads, frozen at random init")
 
 
 def _videos(args: argparse.Namespace, size: int, seed: int) -> ProceduralActivities:
@@ -173,7 +177,9 @@ def _videos(args: argparse.Namespace, size: int, seed: int) -> ProceduralActivit
 def _build_model(args: argparse.Namespace) -> ActionLLMForAnticipation:
     return ActionLLMForAnticipation(tiny_actionllm_config(
         args.num_classes, args.feature_dim, width=args.width,
-        num_future_queries=args.num_queries, freeze_language_model=not args.train_llm))
+        num_future_queries=args.num_queries, freeze_language_model=not args.train_llm,
+        position_encoding_over_batch=args.seed_position_encoding,
+        train_heads=not args.seed_frozen_heads))
 
 
 def _build_data(args: argparse.Namespace) -> tuple[Iterable, Iterable]:
