@@ -1,4 +1,4 @@
-"""The `use_kernels` switch of the action models: vidcore's ops and attention (True) or the
+"""The `use_kernels` switch of vidcore's models: vidcore's ops and attention (True) or the
 seeds' plain-torch path (False), stored in the config, restored by from_pretrained.
 
 transformers' PreTrainedModel has its own `use_kernels` (Hugging Face hub kernels), which
