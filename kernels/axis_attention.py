@@ -19,6 +19,7 @@ from vidcore.kernels.attention import INTERPRET, dot_precision
 __all__ = ["axis_attention_fwd", "axis_attention_bwd"]
 
 LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # jit functions see only constexpr globals (the interpreter: any)
 
 
 @triton.jit
@@ -91,7 +92,7 @@ def _row_terms(do_ptr, out_ptr, lse_ptr, o_base, l_base, rows, so_s, sl_s, dims,
     d_out = _load(do_ptr, o_base, rows, so_s, 1, dims, S, D, UPCAST)
     out = _load(out_ptr, o_base, rows, so_s, 1, dims, S, D, True)
     delta = tl.sum(d_out.to(tl.float32) * out, 1)
-    lse = tl.load(lse_ptr + l_base + rows * sl_s, mask=rows < S, other=0.0) * LOG2E
+    lse = tl.load(lse_ptr + l_base + rows * sl_s, mask=rows < S, other=0.0) * _LOG2E
     return d_out, delta, lse
 
 
@@ -161,14 +162,27 @@ def _axis_attention_dq_kernel(
              mask=(rows[:, None] < S) & (dims[None, :] < D))
 
 
-def _launch_config(length: int, head_dim: int) -> dict:
+def _launch_config(length: int, head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
     """Tiles no longer than the sequence (short temporal / cross-video axes waste nothing past
-    16 rows, tl.dot's minimum); smaller tiles for wide heads."""
+    16 rows, tl.dot's minimum), else the largest that compile for sm_80 and sm_90a without
+    register spills (checked ahead of time for d 32-256): float32 tiles are upcast and run
+    their products on FMA units (no TF32) or hold twice the registers (TF32), so past head dim
+    32 they are 16 rows; the backward keeps four tiles live, so 16-bit ones are 32 rows (16 at
+    d 256)."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block = 16 if INTERPRET else min(64 if block_d <= 64 else 32,
-                                     max(16, triton.next_power_of_2(length)))
-    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=4 if block <= 32 else 8,
-                num_stages=1 if INTERPRET else 2)
+    if INTERPRET:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        block = 32 if block_d <= 32 and not backward else 16
+    elif backward:
+        block = 32 if block_d <= 128 else 16
+    else:
+        block = 64 if block_d <= 64 else 32
+    block = min(block, max(16, triton.next_power_of_2(length)))
+    exact = dtype == torch.float32
+    warps = 8 if backward or exact or block > 32 else 4  # more threads, fewer registers each
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=warps,
+                num_stages=1 if exact and backward else 2)
 
 
 def _strides(*tensors: Tensor) -> list[int]:
@@ -188,7 +202,7 @@ def axis_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[T
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    config = _launch_config(s, d)
+    config = _launch_config(s, d, q.dtype, backward=False)
     grid = (p * r * h, triton.cdiv(s, config["BLOCK_M"]))
     _axis_attention_fwd_kernel[grid](
         q, k, v, out, lse, s, r, h, d, scale * LOG2E, *_strides(q, k, v), *out.stride()[:4],
@@ -205,7 +219,7 @@ def axis_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
     if q.numel() == 0:
         return grad_q, grad_k, grad_v
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
-    config = _launch_config(s, d)
+    config = _launch_config(s, d, q.dtype, backward=True)
     common = (s, r, h, d, scale * LOG2E, scale, *_strides(q, k, v), *out.stride()[:4],
               *lse.stride()[:3])
     _axis_attention_dkdv_kernel[(p * r * h, triton.cdiv(s, config["BLOCK_N"]))](
