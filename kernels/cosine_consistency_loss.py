@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from vidcore.kernels.attention import INTERPRET
+from vidcore.kernels._attention_common import INTERPRET
+from vidcore.kernels._launch import check_grid, launch
 
 __all__ = ["cosine_consistency_loss_fwd", "cosine_consistency_loss_bwd"]
 
@@ -118,11 +119,10 @@ def cosine_consistency_loss_fwd(a: Tensor, b: Tensor) -> Tensor:
     block_n, block_d, num_warps = _launch_config(dim, a.dtype)
     programs = triton.cdiv(rows, block_n)
     partial = torch.empty(programs, dtype=out_dtype, device=a.device)
-    _cosine_consistency_loss_fwd_kernel[(programs,)](
-        partial, a, b, rows, dim, a.stride(0), b.stride(0),
-        EPS_=EPS, ACC=_acc_dtype(a.dtype), BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    launch(_cosine_consistency_loss_fwd_kernel, (check_grid("cosine_consistency_loss", programs),),
+           partial, a, b, rows, dim, a.stride(0), b.stride(0), device=a.device,
+           EPS_=EPS, ACC=_acc_dtype(a.dtype), BLOCK_N=block_n, BLOCK_D=block_d,
+           num_warps=num_warps)
     return partial.sum() / rows
 
 
@@ -135,10 +135,10 @@ def cosine_consistency_loss_bwd(grad: Tensor, a: Tensor, b: Tensor) -> tuple[Ten
     if rows == 0 or dim == 0:
         return grad_a, grad_b
     block_n, block_d, num_warps = _launch_config(dim, a.dtype)
-    _cosine_consistency_loss_bwd_kernel[(triton.cdiv(rows, block_n),)](
-        grad_a, grad_b, grad.contiguous(), a, b, rows, dim, a.stride(0), b.stride(0),
-        grad_a.stride(0), grad_b.stride(0),
-        EPS_=EPS, ACC=_acc_dtype(a.dtype), BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=num_warps,
-    )
+    programs = check_grid("cosine_consistency_loss_backward", triton.cdiv(rows, block_n))
+    launch(_cosine_consistency_loss_bwd_kernel, (programs,),
+           grad_a, grad_b, grad.contiguous(), a, b, rows, dim, a.stride(0), b.stride(0),
+           grad_a.stride(0), grad_b.stride(0), device=a.device,
+           EPS_=EPS, ACC=_acc_dtype(a.dtype), BLOCK_N=block_n, BLOCK_D=block_d,
+           num_warps=num_warps)
     return grad_a, grad_b

@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from vidcore.kernels.attention import INTERPRET, dot_precision
+from vidcore.kernels._attention_common import INTERPRET, dot_precision
+from vidcore.kernels._launch import check_grid, launch
 
 __all__ = ["multi_source_attention_fwd", "launch_config", "strides", "source_blocks"]
 
@@ -31,20 +32,32 @@ _LOG2E = tl.constexpr(LOG2E)  # (jit functions see only constexpr globals)
 def launch_config(head_dim: int, dtype: torch.dtype, backward: bool = False
                   ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): the whole head dim in one tile (at least 16).
-    Chosen so that no kernel spills registers when compiled for sm_90 (checked ahead of time:
-    fp32 runs exact-fp32 products on FMA units and needs more registers than 16-bit inputs)."""
+    16-bit tiles are the largest that compile for sm_80 / sm_90a without register spills
+    (tests/kernels/test_aot_compile.py). Exact float32 runs its products on FMA units: at head
+    dims 64-128 it spills 8-16 bytes with every tile tried, so it gets the smallest tiles;
+    with TF32 allowed it takes the 16-bit path's registers."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
         return 16, 16, block_d, 4
+    exact = dtype == torch.float32
     if block_d <= 16:
-        return (64, 64, block_d, 8 if dtype == torch.float32 else 4)
-    if block_d <= 64:
-        return (64, 32, block_d, 8) if not backward or dtype != torch.float32 else (32, 32, block_d, 8)
-    if block_d <= 128 and not backward and dtype != torch.float32:
-        return 64, 32, block_d, 8
-    if block_d <= 128:
-        return 32, 32, block_d, 8
-    return (16, 16, block_d, 8) if backward else (16, 32, block_d, 8)
+        block_m, block_n, warps = (64, 64, 8) if exact else (64, 64, 4)
+    elif block_d <= 64:
+        block_m, block_n, warps = (16, 32, 8) if exact else (64, 32, 8)
+    elif block_d <= 128:
+        block_m, block_n, warps = (16, 16, 8) if exact else (32, 32, 8) if backward else (64, 32, 8)
+    else:
+        block_m, block_n, warps = (16, 16, 8) if exact or backward else (16, 32, 8)
+    return block_m, block_n, block_d, warps
+
+
+def batch_heads_axis(name: str, batch: int, heads: int) -> int:
+    """batch * heads for grid axis 1, which CUDA caps at 65535 programs (the source blocks,
+    the larger count, sit on axis 0)."""
+    if batch * heads > 65535:
+        raise ValueError(f"{name}: batch x heads = {batch * heads} exceeds CUDA's grid limit of "
+                         f"65535 on this kernel's second axis; split the batch")
+    return batch * heads
 
 
 def strides(tensors: list[Tensor]) -> tuple[tuple[int, int, int, int], ...]:
@@ -166,15 +179,15 @@ def multi_source_attention_fwd(queries: list[Tensor], keys: list[Tensor], values
     lse = [q.new_empty((sources, *q.shape[:-1]), dtype=torch.float32) for q in queries]
     partials = [q.new_empty((sources, *q.shape)) for q in queries]
     block_m, block_n, block_d, num_warps = launch_config(head_dim, queries[0].dtype)
-    grid = (source_blocks(queries, block_m), batch * heads)
+    grid = (check_grid("multi_source_attention", source_blocks(queries, block_m)),
+            batch_heads_axis("multi_source_attention", batch, heads))
     if grid[0] * grid[1] > 0:
-        _multi_source_attention_fwd_kernel[grid](
-            tuple(queries), tuple(keys), tuple(values), tuple(outs), tuple(lse), tuple(partials),
-            tuple(q.shape[2] for q in queries), tuple(k.shape[2] for k in keys),
-            strides(queries), strides(keys), strides(values),
-            batch, heads, head_dim, scale * LOG2E,
-            UPCAST=INTERPRET, PRECISION=dot_precision(queries[0].dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
-        )
+        launch(_multi_source_attention_fwd_kernel, grid,
+               tuple(queries), tuple(keys), tuple(values), tuple(outs), tuple(lse), tuple(partials),
+               tuple(q.shape[2] for q in queries), tuple(k.shape[2] for k in keys),
+               strides(queries), strides(keys), strides(values),
+               batch, heads, head_dim, scale * LOG2E, device=queries[0].device,
+               UPCAST=INTERPRET, PRECISION=dot_precision(queries[0].dtype),
+               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps)
     return outs, lse, partials
 

@@ -16,13 +16,15 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from vidcore.kernels.attention import INTERPRET, dot_precision
+from vidcore.kernels._attention_common import INTERPRET, dot_precision
+from vidcore.kernels._launch import check_grid, launch
 from vidcore.kernels.multi_source_attention import (
     _LOG2E,
     LOG2E,
     _dot,
     _pair_offsets,
     _tile,
+    batch_heads_axis,
     launch_config,
     source_blocks,
     strides,
@@ -164,14 +166,16 @@ def multi_source_attention_bwd(
     block_m, block_n, block_d, num_warps = launch_config(head_dim, queries[0].dtype,
                                                            backward=True)
     blocks = source_blocks(keys, block_n) + source_blocks(queries, block_m)
-    if blocks * batch * heads > 0:
-        _multi_source_attention_bwd_kernel[(blocks, batch * heads)](
-            tuple(queries), tuple(keys), tuple(values), tuple(grad_outs), tuple(lse),
-            tuple(partials), *(tuple(g) for g in grads),
-            tuple(q.shape[2] for q in queries), tuple(k.shape[2] for k in keys),
-            strides(queries), strides(keys), strides(values), strides(grad_outs),
-            batch, heads, head_dim, scale * LOG2E, scale, 1.0 / len(keys),
-            UPCAST=INTERPRET, PRECISION=dot_precision(queries[0].dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
-        )
+    grid = (check_grid("multi_source_attention_backward", blocks),
+            batch_heads_axis("multi_source_attention_backward", batch, heads))
+    if grid[0] * grid[1] > 0:
+        launch(_multi_source_attention_bwd_kernel, grid,
+               tuple(queries), tuple(keys), tuple(values), tuple(grad_outs), tuple(lse),
+               tuple(partials), *(tuple(g) for g in grads),
+               tuple(q.shape[2] for q in queries), tuple(k.shape[2] for k in keys),
+               strides(queries), strides(keys), strides(values), strides(grad_outs),
+               batch, heads, head_dim, scale * LOG2E, scale, 1.0 / len(keys),
+               device=queries[0].device,
+               UPCAST=INTERPRET, PRECISION=dot_precision(queries[0].dtype),
+               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps)
     return grads[0], grads[1], grads[2]

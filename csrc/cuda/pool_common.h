@@ -8,25 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "vidcore/macros.h"  // VIDCORE_KERNEL_ASSERT: device-side checks, as ATen's CUDA_KERNEL_ASSERT
 #include "vidcore/pool.h"
-
-// As c10/macros/Macros.h declares it for CUDA_KERNEL_ASSERT: CUDA provides __assert_fail on the
-// device, and glibc's own declaration disappears under NDEBUG.
-extern "C" {
-#if defined(__CUDA_ARCH__)
-__host__ __device__
-#endif
-void __assert_fail(const char* assertion, const char* file, unsigned int line,
-                   const char* function) noexcept __attribute__((__noreturn__));
-}
-
-// A failed check stops the kernel the way ATen's index kernels do (CUDA_KERNEL_ASSERT): the
-// error surfaces as a device-side assert at the next synchronising CUDA call. No host sync, and
-// active in release builds.
-#define VIDCORE_POOL_ASSERT(cond) \
-  do {                            \
-    if (!(cond)) __assert_fail(#cond, __FILE__, __LINE__, __func__); \
-  } while (0)
 
 namespace vidcore {
 namespace pool_cuda {
@@ -58,7 +41,7 @@ struct alignas(sizeof(T) * kVec) Pack {
 __device__ __forceinline__ void check_row(const int64_t* plan, int64_t j, int64_t table_size,
                                           int64_t height, int64_t width) {
   const int64_t* row = plan + j * kPoolPlanColumns;
-  VIDCORE_POOL_ASSERT(pool_plan_row_problem(row, j > 0 ? row - kPoolPlanColumns : nullptr,
+  VIDCORE_KERNEL_ASSERT(pool_plan_row_problem(row, j > 0 ? row - kPoolPlanColumns : nullptr,
                                             table_size, height, width) == kPlanOk);
 }
 
@@ -66,7 +49,7 @@ __device__ __forceinline__ void check_row(const int64_t* plan, int64_t j, int64_
 __device__ __forceinline__ int64_t checked_frame(const int64_t* frame_table, int64_t s,
                                                  int64_t frames) {
   const int64_t frame = frame_table[s];
-  VIDCORE_POOL_ASSERT(0 <= frame && frame < frames);
+  VIDCORE_KERNEL_ASSERT(0 <= frame && frame < frames);
   return frame;
 }
 

@@ -14,6 +14,7 @@ namespace {
 
 constexpr int kCopyThreads = 256;
 constexpr int kFillGradThreads = 256;
+constexpr int kCombineThreads = 128;  // 31 levels x 128 threads x 8 B (double): 31 KiB shared
 
 // Lanes per row: the smallest power of two >= the row's vectors, at most a warp.
 int group_lanes(int64_t vecs_per_row) {
@@ -88,27 +89,49 @@ unpack_fill_grad_tile_kernel(const T* __restrict__ grad,  // num_rows x channels
     }
   }
   if (c >= channels) return;
-  const int64_t rows = min(kFillGradTile, num_rows - first);
+  // 32-bit row counters and a walking pointer: few values stay live across the row loop, so
+  // the 11 levels of the sum fit in registers with no spill.
+  const int rows = int(min(kFillGradTile, num_rows - first));
   int64_t j = lower_bound_row(index, num_index, first);
+  // The tile-relative position of the next kept row (rows when none is left in this tile).
+  auto next_kept = [&] {
+    return j < num_index ? int(min(index[j] - first, int64_t(rows))) : rows;
+  };
+  int next = next_kept();
+  const T* src = grad + first * channels + c;
   PairwiseSum<Acc, 11> sum;  // 1024 leaves: levels 0..10
-  for (int64_t r = 0; r < rows; ++r) {
-    const bool kept = j < num_index && index[j] == first + r;
-    j += kept;
-    sum.add(kept ? Acc(0) : to_acc(grad[(first + r) * channels + c]));
+  for (int r = 0; r < rows; ++r, src += channels) {
+    const bool kept = r == next;
+    if (kept) ++j, next = next_kept();
+    sum.add(kept ? Acc(0) : to_acc(*src));
   }
   partials[int64_t(blockIdx.x) * channels + c] = sum.total();
 }
 
-// One thread per channel: the pairwise sum over the tiles' sums (the upper levels of the tree).
+// A thread's column of a [kLevels][kCombineThreads] shared array: PairwiseSum's levels.
 template <typename Acc>
-__global__ void __launch_bounds__(kFillGradThreads)
+struct SharedColumn {
+  Acc* base;
+  __device__ Acc& operator[](int k) const { return base[k * kCombineThreads]; }
+};
+
+// One thread per channel: the pairwise sum over the tiles' sums (the upper levels of the tree).
+// tiles <= INT32_MAX (launch_fill_grad), so up to 31 levels. Held in registers they push ptxas
+// past the register count it aims for (at 256 threads it spills to stay at 64), so each thread
+// keeps them in its own column of shared memory (level k of thread t at [k][t]: no bank
+// conflicts), indexed at run time: a push touches only the levels its carry reaches.
+template <typename Acc>
+__global__ void __launch_bounds__(kCombineThreads)
 unpack_fill_grad_combine_kernel(const Acc* __restrict__ partials,  // tiles x channels
                                 int64_t tiles, int64_t channels,
                                 Acc* __restrict__ fill_grad) {  // channels
+  constexpr int kLevels = 31;
+  __shared__ Acc levels[kLevels][kCombineThreads];
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
-  PairwiseSum<Acc> sum;
-  for (int64_t t = 0; t < tiles; ++t) sum.add(partials[t * channels + c]);
+  PairwiseSum<Acc, kLevels, SharedColumn<Acc>> sum{{&levels[0][threadIdx.x]}};
+  const Acc* tile_sum = partials + c;
+  for (int64_t t = 0; t < tiles; ++t, tile_sum += channels) sum.add(*tile_sum);
   fill_grad[c] = sum.total();
 }
 
@@ -125,8 +148,9 @@ cudaError_t launch_fill_grad(const void* grad, const int64_t* index, int64_t num
             static_cast<const T*>(grad), index, num_index, num_rows, channels,
             static_cast<Acc*>(partials));
   }
-  if (channel_blocks > 0) {
-    unpack_fill_grad_combine_kernel<Acc><<<unsigned(channel_blocks), kFillGradThreads, 0,
+  if (channels > 0) {
+    const int64_t combine_blocks = (channels + kCombineThreads - 1) / kCombineThreads;
+    unpack_fill_grad_combine_kernel<Acc><<<unsigned(combine_blocks), kCombineThreads, 0,
                                            stream>>>(static_cast<const Acc*>(partials), tiles,
                                                      channels, static_cast<Acc*>(fill_grad));
   }

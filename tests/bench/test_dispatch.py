@@ -9,7 +9,7 @@ from vidcore.bench.harness import BenchCase
 from vidcore.bench.runner import available_ops, time_case
 
 import vidcore.ops
-from vidcore.ops import FAST_KERNELS, make_mask, mask_and_pack, multi_source_attention, pack, unit_keys
+from vidcore.ops import make_mask, mask_and_pack, pack, unit_keys
 
 
 def _case(op: str, vidcore, kernel_ops=()) -> BenchCase:
@@ -33,11 +33,10 @@ def test_trace_names_the_op_the_dispatch_key_and_the_kernel(tokens):
     assert [d.op for d in trace_dispatch(lambda: pack(xg, mask).sum().backward())] == ["pack", "unpack"]
 
 
-def test_trace_finds_the_device_of_tensors_passed_in_lists():
-    sources = [torch.randn(1, 1, n, 4) for n in (2, 3)]
-    trace = trace_dispatch(lambda: multi_source_attention(sources, sources, sources))
-    assert trace == [Dispatch("multi_source_attention", "CPU", FAST_KERNELS[
-        "multi_source_attention"]["cpu"][0])]
+def test_ops_whose_tensors_come_in_lists_are_keyed_by_their_device():
+    q = [torch.randn(1, 2, n, 4) for n in (3, 5)]
+    traced = trace_dispatch(lambda: vidcore.ops.multi_source_attention(q, q, q))
+    assert [(d.op, d.key) for d in traced] == [("multi_source_attention", "CPU")]
 
 
 def test_a_provider_that_runs_the_reference_is_rejected(tokens):

@@ -1,5 +1,8 @@
 """The `vidcore` command: `vidcore info` (versions, device, live backends and why others are
-not) and `vidcore bench` (time every op against its baselines; JSON + PNG under bench/results).
+not), `vidcore bench` (time every op against its baselines; JSON + PNG under bench/results),
+`vidcore profile` (every stage of a video's token pipeline, vidcore against the reference path,
+over frame counts; JSON + CSV + PNG under report/), `vidcore plan` (frames that fit a context)
+and `vidcore chat`.
 
 Exit status: 0 on success, 2 for a request that cannot be honoured (printed as one line on
 stderr, no traceback), 141 (128 + SIGPIPE, as other Unix tools) when the reader of stdout went
@@ -72,18 +75,28 @@ def _parser() -> argparse.ArgumentParser:
                                  "ST-LLM / MiniGPT4-Video")
     chat.add_arguments(chat_parser)
     chat_parser.set_defaults(handler=chat.run)
+    from vidcore.profiler import commands
+
+    profile = sub.add_parser("profile", help="time and memory of every stage of a video's token "
+                             "pipeline, vidcore against the reference, over frame counts")
+    commands.add_profile_arguments(profile)
+    profile.set_defaults(handler=commands.run_profile)
+    plan = sub.add_parser("plan", help="how many frames fit a context under each pooling preset")
+    commands.add_plan_arguments(plan)
+    plan.set_defaults(handler=commands.run_plan)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from vidcore.bench.runner import BenchError
+    from vidcore.profiler.runner import ProfileError
 
     try:
         status = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return status
-    except BenchError as e:
+    except (BenchError, ProfileError) as e:
         print(f"vidcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

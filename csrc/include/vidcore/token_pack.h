@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "vidcore/macros.h"
 
@@ -37,22 +38,42 @@ VIDCORE_HD bool index_ordered_at(const int64_t* index, int64_t num_index, int64_
 // (leaves in row order; a node is left + right, or left alone when the right half is past the
 // end), exactly what repeatedly adding even and odd rows computes (vidcore/reference/token_mask.py).
 // Leaves are pushed in order; partial[k] holds a finished subtree of 2^k leaves while bit k of
-// count is set.
-template <typename Acc, int kLevels = 64>
+// count is set. kLevels bounds the leaves at 2^kLevels - 1. Levels is a per-thread array by
+// default; it may instead be any type whose operator[] returns Acc& (a thread's column of shared
+// memory), and then add() touches only the levels the carry reaches.
+template <typename Acc, int kLevels, typename Levels = Acc[kLevels]>
 struct PairwiseSum {
-  Acc partial[kLevels];
-  uint64_t count = 0;
+  static_assert(kLevels <= 32, "count is 32-bit");
+  Levels partial{};
+  uint32_t count = 0;
 
   VIDCORE_HD void add(Acc leaf) {
-    int k = 0;
-    for (; (count >> k) & 1; ++k) leaf = partial[k] + leaf;
-    partial[k] = leaf;
+    if constexpr (std::is_array_v<Levels>) {
+      // Fully unrolled, and every level written unconditionally (a select, no early exit), so
+      // that every partial[k] has a compile-time index: on the GPU the array then lives in
+      // registers instead of a local-memory stack frame, where a run-time index, or stores the
+      // compiler merges across branches into one store at a computed address, would put it.
+      bool carry = true;  // still carrying into level k: bits 0..k-1 of count are set
+      VIDCORE_UNROLL
+      for (int k = 0; k < kLevels; ++k) {
+        const bool full = (count >> k) & 1;
+        const Acc merged = partial[k] + leaf;
+        partial[k] = carry && !full ? leaf : partial[k];
+        leaf = carry && full ? merged : leaf;
+        carry = carry && full;
+      }
+    } else {
+      int k = 0;
+      for (; (count >> k) & 1; ++k) leaf = partial[k] + leaf;
+      partial[k] = leaf;
+    }
     ++count;
   }
 
   VIDCORE_HD Acc total() const {  // +0 when empty
     Acc acc = Acc(0);
     bool any = false;
+    VIDCORE_UNROLL
     for (int k = 0; k < kLevels; ++k) {
       if ((count >> k) & 1) {
         acc = any ? partial[k] + acc : partial[k];
