@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from vidcore.kernels._launch import launch
 from vidcore.kernels.attention import INTERPRET, dot_precision
 
 __all__ = ["axis_attention_fwd", "axis_attention_bwd"]
@@ -204,9 +205,9 @@ def axis_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[T
         return out, lse
     config = _launch_config(s, d, q.dtype, backward=False)
     grid = (p * r * h, triton.cdiv(s, config["BLOCK_M"]))
-    _axis_attention_fwd_kernel[grid](
-        q, k, v, out, lse, s, r, h, d, scale * LOG2E, *_strides(q, k, v), *out.stride()[:4],
-        *lse.stride()[:3], **_flags(q), **config)
+    launch(_axis_attention_fwd_kernel, grid,
+           q, k, v, out, lse, s, r, h, d, scale * LOG2E, *_strides(q, k, v), *out.stride()[:4],
+           *lse.stride()[:3], device=q.device, **_flags(q), **config)
     return out, lse
 
 
@@ -222,8 +223,9 @@ def axis_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
     config = _launch_config(s, d, q.dtype, backward=True)
     common = (s, r, h, d, scale * LOG2E, scale, *_strides(q, k, v), *out.stride()[:4],
               *lse.stride()[:3])
-    _axis_attention_dkdv_kernel[(p * r * h, triton.cdiv(s, config["BLOCK_N"]))](
-        grad_out, q, k, v, out, lse, grad_k, grad_v, *common, **_flags(q), **config)
-    _axis_attention_dq_kernel[(p * r * h, triton.cdiv(s, config["BLOCK_M"]))](
-        grad_out, q, k, v, out, lse, grad_q, *common, **_flags(q), **config)
+    launch(_axis_attention_dkdv_kernel, (p * r * h, triton.cdiv(s, config["BLOCK_N"])),
+           grad_out, q, k, v, out, lse, grad_k, grad_v, *common, device=q.device, **_flags(q),
+           **config)
+    launch(_axis_attention_dq_kernel, (p * r * h, triton.cdiv(s, config["BLOCK_M"])),
+           grad_out, q, k, v, out, lse, grad_q, *common, device=q.device, **_flags(q), **config)
     return grad_q, grad_k, grad_v
