@@ -1,18 +1,31 @@
-"""Model-level benchmark: one training step (forward + backward) of ST-LLM and MiniGPT4-Video with
-vidcore's kernels ("vidcore": packed sequences, varlen attention, fused token ops) against the
-seeds' way ("reference": use_kernels=False, padded batches, SDPA, per-sample Python splicing),
-at realistic widths with few layers. The vision tower is skipped (the seeds freeze it): the
-step starts from precomputed per-frame features.
+"""Model-level benchmark: one training step (forward + backward) of ST-LLM, MiniGPT4-Video,
+ActionLLM and Task-Adapter++ with vidcore's kernels ("vidcore": packed sequences, varlen
+attention, fused token ops) against the seeds' way ("reference": use_kernels=False, padded
+batches, SDPA, per-sample Python splicing), at realistic widths with few layers. For the video-QA
+models the vision tower is skipped (the seeds freeze it): the step starts from precomputed
+per-frame features.
 
 - ST-LLM: 64 frames x 32 Q-Former tokens, residual (global-local) mode with 16 local frames,
   dynamic masking (ratio 0.5) and the MVM loss (a second, no-grad LLM pass).
 - MiniGPT4-Video: 45 frames x 64 merged tokens interleaved with text; the reference pads every
   prompt to the seed's max_context_len 3600.
+- ActionLLM: per-frame features (2048-d) of a batch of observed prefixes of unequal length,
+  the CMIB at width 128 with head dim 4 (multi_source_attention), a frozen LLM with
+  bidirectional attention and rank-4 adapters (bench/action_models.py).
+- Task-Adapter++: one 5-way 1-shot episode of 8-frame clips through a frozen CLIP ViT whose
+  adapted blocks add temporal, spatial and task attention (axis_attention), and the text tower
+  over 3 sentences per class (bench/action_models.py).
 GPU targets (unmeasured here): >= 1.5x step throughput and <= 0.7x peak memory vs the reference.
 """
 from __future__ import annotations
 
 import torch
+from vidcore.bench.action_models import (
+    ACTIONLLM_SIZES,
+    TASK_ADAPTER_SIZES,
+    actionllm_step_inputs,
+    task_adapter_step_inputs,
+)
 from vidcore.bench.harness import BenchCase, run_pytest_benchmark
 
 from vidcore.info import backend_status
@@ -137,6 +150,32 @@ def cases(size: str, device: str) -> list[BenchCase]:
                   build_minigpt4_video,
                   ("reference", "vidcore"), dtype=dtype_name,
                   kernel_ops=tuple(op for op in ("attention", "interleave_pack") if op in live)),
+        *_action_model_cases(size, device, dtype, live),
+    ]
+
+
+def _action_model_cases(size: str, device: str, dtype: torch.dtype, live: set[str]
+                        ) -> list[BenchCase]:
+    def build(make_inputs):
+        def run():
+            model, inputs = make_inputs(size, device, dtype)
+            return {"reference": _step(model, inputs, False), "vidcore": _step(model, inputs, True)}
+        return run
+
+    width, layers, _, features, batch, frames, _ = ACTIONLLM_SIZES[size]
+    vit, _, vit_layers, image, _, _, shots = TASK_ADAPTER_SIZES[size]
+    dtype_name = str(dtype).removeprefix("torch.")
+    return [
+        BenchCase("models", f"actionllm-S{frames}-F{features}-w{width}",
+                  {"width": width, "layers": layers, "batch": batch, "frames": frames,
+                   "feature_dim": features}, build(actionllm_step_inputs),
+                  ("reference", "vidcore"), dtype=dtype_name,
+                  kernel_ops=tuple(op for op in ("attention", "multi_source_attention")
+                                   if op in live)),
+        BenchCase("models", f"task_adapter-5way{shots}shot-T8-{image}px-w{vit}",
+                  {"width": vit, "layers": vit_layers, "image_size": image, "shots": shots},
+                  build(task_adapter_step_inputs), ("reference", "vidcore"), dtype=dtype_name,
+                  kernel_ops=tuple(op for op in ("attention", "axis_attention") if op in live)),
     ]
 
 

@@ -57,6 +57,10 @@ BASELINES["attention_backward"] = BASELINES["attention"] | dict(
     grad_out="randn(4, 2, 8)", out="randn(4, 2, 8)", lse="randn(2, 4)")
 BASELINES["merge_attention_states_backward"] = BASELINES["merge_attention_states"] | dict(
     grad_out="randn(3, 2, 4)", grad_lse="randn(2, 3)")
+_GRID = "randn(2, 3, 2, 2, 8)"  # axis_attention's [P, S, R, H, d]
+BASELINES["axis_attention"] = dict(q=_GRID, k=_GRID, v=_GRID, scale="0.3")
+BASELINES["axis_attention_backward"] = BASELINES["axis_attention"] | dict(
+    grad_out=_GRID, out=_GRID, lse="randn(2, 3, 2, 2)")
 
 _ROW0, _ROW1, _META = ("make_mask: video_meta row 0", "make_mask: video_meta row 1",
                        "make_mask: video_meta must be")
@@ -171,6 +175,19 @@ MUTATIONS: dict[str, list[tuple[str, dict[str, str], str | None]]] = {
         ("lse-int", {"lse_a": "t([[1, 2, 3], [4, 5, 6]])"}, None),
     ],
 }
+_AXIS = "axis_attention: "
+MUTATIONS["axis_attention"] = [
+    ("q-4d", {"q": "randn(3, 2, 2, 8)"}, _AXIS + "q must be 5-D"),
+    ("k-shape", {"k": "randn(2, 3, 2, 2, 7)"}, _AXIS + "k must have the shape of q"),
+    ("v-dtype", {"v": "randn(2, 3, 2, 2, 8, dtype=torch.float64)"}, _AXIS + "v must have dtype"),
+    ("q-int", {"q": "t([[[[[1]]]]])"}, _AXIS + "q must have dtype"),
+    ("scale-inf", {"scale": "float('inf')"}, _AXIS + "scale must be finite"),
+]
+MUTATIONS["axis_attention_backward"] = MUTATIONS["axis_attention"] + [
+    ("lse-shape", {"lse": "randn(2, 3, 2, 3)"}, _AXIS + "lse must have shape"),
+    ("lse-dtype", {"lse": "randn(2, 3, 2, 2, dtype=torch.float64)"}, _AXIS + "lse must have dtype"),
+    ("grad-shape", {"grad_out": "randn(2, 3, 2, 2, 9)"}, _AXIS + "grad_out must have the shape"),
+]
 MUTATIONS["pool_backward"] = MUTATIONS["pool"] + [("grad-rows", {"grad": "randn(2, 8)"}, None)]
 MUTATIONS["attention_backward"] = [*MUTATIONS["attention"][:4],
                                    ("lse-shape", {"lse": "randn(4, 2)"}, None)]

@@ -30,6 +30,8 @@ __all__ = ["TrainTask", "TASKS", "main", "to_device"]
 TASKS: dict[str, str] = {
     "stllm": "vidcore.models.stllm",
     "minigpt4_video": "vidcore.models.minigpt4_video",
+    "actionllm": "vidcore.models.actionllm_task",
+    "task_adapter": "vidcore.models.task_adapter_task",
 }
 
 

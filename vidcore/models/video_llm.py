@@ -24,6 +24,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import vidcore.integrations.transformers  # noqa: F401  registers attn_implementation="vidcore"
+from vidcore.models.kernel_switch import KERNEL_ATTENTION, REFERENCE_ATTENTION, KernelSwitchMixin
 from vidcore.models.sequence import SequenceLayout, sequence_layout
 
 __all__ = ["VideoQAOutput", "VideoLLMPreTrainedModel", "KERNEL_ATTENTION", "REFERENCE_ATTENTION",
@@ -33,8 +34,6 @@ __all__ = ["VideoQAOutput", "VideoLLMPreTrainedModel", "KERNEL_ATTENTION", "REFE
 # EVA-CLIP-g/14 is hidden_size=1408, intermediate_size=6144, 40 layers, 16 heads.
 CLIP_VIT_L_14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                      num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
-KERNEL_ATTENTION = "vidcore"
-REFERENCE_ATTENTION = "sdpa"
 
 
 @dataclass
@@ -51,7 +50,7 @@ class VideoQAOutput(CausalLMOutputWithPast):
     cu_seqlens: Tensor | None = None
 
 
-class VideoLLMPreTrainedModel(PreTrainedModel):
+class VideoLLMPreTrainedModel(KernelSwitchMixin, PreTrainedModel):
     """Base of the vidcore video-QA models (not used on its own)."""
 
     base_model_prefix = ""
@@ -68,19 +67,13 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.vision_norm = nn.LayerNorm(config.vision_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(
-            config.text_config, attn_implementation=self._attention_name(config.use_kernels))
-        # from_pretrained() always resets HF's hub-kernel switch (`set_use_kernels(False)`);
-        # remember the configured value so our override can restore it afterwards.
-        self._configured_use_kernels = bool(config.use_kernels)
+            config.text_config, attn_implementation=self.attention_name(config.use_kernels))
+        self._remember_use_kernels()
 
     def _freeze(self) -> None:
         if self.config.freeze_vision:
             self.vision_tower.requires_grad_(False)
             self.vision_norm.requires_grad_(False)
-
-    @staticmethod
-    def _attention_name(use_kernels: bool) -> str:
-        return KERNEL_ATTENTION if use_kernels else REFERENCE_ATTENTION
 
     @classmethod
     def from_parts(cls, *, vision_model: str | os.PathLike | PreTrainedModel,
@@ -97,33 +90,9 @@ class VideoLLMPreTrainedModel(PreTrainedModel):
         model.language_model.load_state_dict(text.state_dict())
         return model
 
-    # ---- vidcore kernels vs the seeds' reference path ---------------------------------------
-    @property
-    def use_kernels(self) -> bool:
-        """True: vidcore ops + packed sequences; False: the seeds' padded torch path (SDPA)."""
-        return bool(self.config.use_kernels)
-
-    @use_kernels.setter
-    def use_kernels(self, value: bool) -> None:
-        self.set_use_kernels(value)
-
-    def set_use_kernels(self, use_kernels: bool, kernel_config=None, mode=None) -> None:
-        """vidcore's switch (overrides transformers' hub-kernels `kernelize`, which these models
-        do not use)."""
-        if kernel_config is not None:
-            raise ValueError(f"{type(self).__name__}: kernel_config (hub kernels) is not supported;"
-                             " use_kernels switches between vidcore's ops and the reference path")
-        self.config.use_kernels = bool(use_kernels)
-        self.language_model.set_attn_implementation(self._attention_name(bool(use_kernels)))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, use_kernels: bool | None = None,
-                        **kwargs):
-        """transformers' from_pretrained (local directories); `use_kernels` overrides the saved
-        configuration's choice."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model.set_use_kernels(model._configured_use_kernels if use_kernels is None else use_kernels)
-        return model
+    # ---- vidcore kernels vs the seeds' reference path: KernelSwitchMixin -------------------
+    def _attention_towers(self):
+        yield self.language_model
 
     # ---- embeddings (for generate and resizing) --------------------------------------------
     def get_input_embeddings(self) -> nn.Module:

@@ -2,6 +2,7 @@
 `torch.ops.vidcore.*` op; `FAST_KERNELS` records which device has which fast kernel."""
 from vidcore._backends import EXTENSION  # noqa: F401  loading _C registers its C++/CUDA kernels
 from vidcore.ops.attention import attention
+from vidcore.ops.axis_attention import axis_attention
 from vidcore.ops.cosine_consistency_loss import cosine_consistency_loss
 from vidcore.ops.frame_ranges import interleave_ranges, stage_ranges, window_ranges
 from vidcore.ops.interleave_pack import (
@@ -61,6 +62,7 @@ __all__ = [
     "InterleavePlan",
     "cosine_consistency_loss",
     "multi_source_attention",
+    "axis_attention",
     "FAST_KERNELS",
 ]
 
@@ -90,4 +92,7 @@ FAST_KERNELS: dict[str, dict[str, tuple[str, str]]] = {
                                "cuda": ("Triton", "triton")},
     "multi_source_attention_backward": {"cpu": ("aten flash per pair", "torch"),
                                         "cuda": ("Triton", "triton")},
+    "axis_attention": {"cpu": ("aten flash (CPU)", "torch"), "cuda": ("Triton", "triton")},
+    "axis_attention_backward": {"cpu": ("aten flash (CPU)", "torch"),
+                                "cuda": ("Triton", "triton")},
 }

@@ -3,6 +3,7 @@ fallback and the benchmark baseline. Written for clarity, not speed; shapes in d
 One module per op; this package re-exports every reference function.
 """
 from vidcore.reference.attention import attention, attention_backward, key_intervals
+from vidcore.reference.axis_attention import axis_attention, axis_attention_backward
 from vidcore.reference.cosine_consistency_loss import (
     cosine_consistency_loss,
     cosine_consistency_loss_backward,
@@ -58,4 +59,6 @@ __all__ = [
     "cosine_consistency_loss_backward",
     "multi_source_attention",
     "multi_source_attention_backward",
+    "axis_attention",
+    "axis_attention_backward",
 ]
