@@ -32,7 +32,8 @@ CASES = ["attention_fwd/d128/bf16/causal", "attention_fwd/d128/bf16/all",
          "merge_attention_states_bwd/d128/bf16/dense", "multi_source_attention_fwd/d4/bf16/dense",
          "multi_source_attention_bwd/d4/bf16/dense", "multi_source_attention_bwd/d128/bf16/dense",
          "cosine_consistency_loss_fwd/d4096/bf16/dense",
-         "cosine_consistency_loss_bwd/d4096/bf16/dense"]
+         "cosine_consistency_loss_bwd/d4096/bf16/dense", "axis_attention_fwd/d64/bf16/dense",
+         "axis_attention_bwd/d64/bf16/dense"]
 
 
 def triton_table(case_names: list[str]) -> list[str]:
