@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["Launch", "check_grid", "device_guard", "launch", "record_launches"]
 
-_MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0 (axes 1 and 2 stop at 65535)
+_MAX_GRID = (2**31 - 1, 65535, 65535)  # CUDA's limits on grid axes 0, 1 and 2
 
 
 @dataclass
@@ -63,9 +63,10 @@ def record_launches() -> Iterator[list[Launch]]:
         _recorders.pop()
 
 
-def check_grid(name: str, programs: int) -> int:
-    """`programs` for grid axis 0, or a ValueError naming the launcher when CUDA cannot run it."""
-    if programs > _MAX_GRID_X:
-        raise ValueError(f"{name}: {programs} programs exceed CUDA's grid limit of {_MAX_GRID_X}; "
-                         f"split the batch")
+def check_grid(name: str, programs: int, axis: int = 0) -> int:
+    """`programs` for grid axis `axis`, or a ValueError naming the launcher when CUDA cannot run
+    it."""
+    if programs > _MAX_GRID[axis]:
+        raise ValueError(f"{name}: {programs} programs exceed CUDA's grid limit of "
+                         f"{_MAX_GRID[axis]} on axis {axis}; split the batch")
     return programs

@@ -51,15 +51,6 @@ def launch_config(head_dim: int, dtype: torch.dtype, backward: bool = False
     return block_m, block_n, block_d, warps
 
 
-def batch_heads_axis(name: str, batch: int, heads: int) -> int:
-    """batch * heads for grid axis 1, which CUDA caps at 65535 programs (the source blocks,
-    the larger count, sit on axis 0)."""
-    if batch * heads > 65535:
-        raise ValueError(f"{name}: batch x heads = {batch * heads} exceeds CUDA's grid limit of "
-                         f"65535 on this kernel's second axis; split the batch")
-    return batch * heads
-
-
 def strides(tensors: list[Tensor]) -> tuple[tuple[int, int, int, int], ...]:
     """(batch, head, row, dim) strides of each [B, H, S, d] tensor (any layout)."""
     return tuple(tuple(t.stride()) for t in tensors)
@@ -180,7 +171,7 @@ def multi_source_attention_fwd(queries: list[Tensor], keys: list[Tensor], values
     partials = [q.new_empty((sources, *q.shape)) for q in queries]
     block_m, block_n, block_d, num_warps = launch_config(head_dim, queries[0].dtype)
     grid = (check_grid("multi_source_attention", source_blocks(queries, block_m)),
-            batch_heads_axis("multi_source_attention", batch, heads))
+            check_grid("multi_source_attention", batch * heads, axis=1))  # blocks: the larger
     if grid[0] * grid[1] > 0:
         launch(_multi_source_attention_fwd_kernel, grid,
                tuple(queries), tuple(keys), tuple(values), tuple(outs), tuple(lse), tuple(partials),

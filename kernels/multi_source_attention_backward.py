@@ -24,7 +24,6 @@ from vidcore.kernels.multi_source_attention import (
     _dot,
     _pair_offsets,
     _tile,
-    batch_heads_axis,
     launch_config,
     source_blocks,
     strides,
@@ -167,7 +166,7 @@ def multi_source_attention_bwd(
                                                            backward=True)
     blocks = source_blocks(keys, block_n) + source_blocks(queries, block_m)
     grid = (check_grid("multi_source_attention_backward", blocks),
-            batch_heads_axis("multi_source_attention_backward", batch, heads))
+            check_grid("multi_source_attention_backward", batch * heads, axis=1))
     if grid[0] * grid[1] > 0:
         launch(_multi_source_attention_bwd_kernel, grid,
                tuple(queries), tuple(keys), tuple(values), tuple(grad_outs), tuple(lse),

@@ -92,6 +92,9 @@ def test_grid_beyond_cuda_limit_is_refused():
     assert check_grid("attention", 2**31 - 1) == 2**31 - 1
     with pytest.raises(ValueError, match="attention: 2147483648 programs exceed"):
         check_grid("attention", 2**31)
+    assert check_grid("multi_source_attention", 65535, axis=1) == 65535  # axes 1 and 2: 65535
+    with pytest.raises(ValueError, match=r"multi_source_attention: 65536 programs exceed .* axis 1"):
+        check_grid("multi_source_attention", 65536, axis=1)
 
 
 class _Allocations(TorchDispatchMode):
