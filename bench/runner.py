@@ -171,20 +171,15 @@ def check_out_dir(out_dir: Path | str) -> None:
             return
 
 
-def prepare_out_dir(out_dir: Path | str) -> Path:
-    """`out_dir`, created if missing; a BenchError when it cannot be."""
+def _output_path(out_dir: Path | str, device_name: str, now: dt.datetime) -> Path:
+    """<device>-<yyyymmdd>-<hhmmss>.json under `out_dir` (created if missing); a second run in
+    the same second gets a suffix."""
     check_out_dir(out_dir)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"cannot write results to {out}: {e.strerror or e}") from None
-    return out
-
-
-def _output_path(out_dir: Path | str, device_name: str, now: dt.datetime) -> Path:
-    """<device>-<yyyymmdd>-<hhmmss>.json; a second run in the same second gets a suffix."""
-    out = prepare_out_dir(out_dir)
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
     stem = f"{slug}-{now:%Y%m%d-%H%M%S}"
     path, n = out / f"{stem}.json", 1
